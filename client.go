@@ -1,0 +1,507 @@
+// Package durable is the Go side of durable, a task queue that lives in
+// PostgreSQL. Every rule (deduplication, leases, retries, cancellation) is a
+// PL/pgSQL function in the durable schema; this package calls those functions
+// and adds types, a worker runtime and ergonomics, nothing a psql user would
+// miss.
+package durable
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DBTX is what every database call takes: *pgxpool.Pool, *pgx.Conn and pgx.Tx
+// all satisfy it, so a task can be spawned inside the caller's transaction.
+type DBTX interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Config configures a Client. A nil *Config takes every default.
+type Config struct {
+	// Logger receives the client's and its workers' structured logs.
+	// Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Client calls the durable schema's functions on a database.
+type Client struct {
+	db     DBTX
+	logger *slog.Logger
+}
+
+// New returns a client for db. The schema must be installed, by Migrate or
+// by psql -f sql/install.sql.
+func New(db DBTX, cfg *Config) (*Client, error) {
+	if db == nil {
+		return nil, errors.New("durable: New needs a database (a *pgxpool.Pool, *pgx.Conn or pgx.Tx)")
+	}
+	c := &Client{db: db, logger: slog.Default()}
+	if cfg != nil && cfg.Logger != nil {
+		c.logger = cfg.Logger
+	}
+	return c, nil
+}
+
+// TaskState is the state of a task or of one of its runs.
+type TaskState string
+
+// The states. A task holds its idempotency key while it is pending, running
+// or sleeping.
+const (
+	// StatePending: waiting for a worker (possibly until a later available_at).
+	StatePending TaskState = "pending"
+	// StateRunning: leased to a worker.
+	StateRunning TaskState = "running"
+	// StateSleeping: suspended after a run, e.g. waiting for its retry.
+	StateSleeping TaskState = "sleeping"
+	// StateCompleted: finished with a result.
+	StateCompleted TaskState = "completed"
+	// StateFailed: out of attempts, or failed with a non-retryable error.
+	StateFailed TaskState = "failed"
+	// StateCancelled: cancelled before it finished.
+	StateCancelled TaskState = "cancelled"
+)
+
+// Terminal reports whether s is a final state: completed, failed or cancelled.
+func (s TaskState) Terminal() bool {
+	return s == StateCompleted || s == StateFailed || s == StateCancelled
+}
+
+// CreateQueue creates a queue, or brings its tables up to date when it exists.
+func (c *Client) CreateQueue(ctx context.Context, queue string) error {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return err
+	}
+	_, err := c.db.Exec(ctx, "select durable.create_queue($1)", queue)
+	return mapError(err)
+}
+
+// DropQueue drops a queue with all its tasks. It returns ErrQueueNotFound
+// when there is no such queue.
+func (c *Client) DropQueue(ctx context.Context, queue string) error {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return err
+	}
+	_, err := c.db.Exec(ctx, "select durable.drop_queue($1)", queue)
+	return mapError(err)
+}
+
+// ListQueues returns the names of the queues, sorted.
+func (c *Client) ListQueues(ctx context.Context) ([]string, error) {
+	rows, err := c.db.Query(ctx, "select queue_name from durable.list_queues()")
+	if err != nil {
+		return nil, mapError(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return names, mapError(err)
+}
+
+// RetryKind names a retry strategy.
+type RetryKind string
+
+// The retry strategies.
+const (
+	// RetryNone retries at once.
+	RetryNone RetryKind = "none"
+	// RetryFixed waits Base between attempts.
+	RetryFixed RetryKind = "fixed"
+	// RetryExponential waits Base * Factor^(n-1) after attempt n, at most Max.
+	RetryExponential RetryKind = "exponential"
+)
+
+// RetryStrategy says how long to wait before each retry. The server fills in
+// what is left zero.
+type RetryStrategy struct {
+	// Kind is none, fixed or exponential. Required.
+	Kind RetryKind
+	// Base is the first (fixed: every) delay, in whole or fractional seconds.
+	// Defaults to 1s.
+	Base time.Duration
+	// Factor multiplies the delay after each attempt (exponential only).
+	// Defaults to 2.
+	Factor float64
+	// Max caps the delay (exponential only). Defaults to 1h.
+	Max time.Duration
+}
+
+// SpawnOptions tune one spawn. A nil *SpawnOptions takes every default.
+type SpawnOptions struct {
+	// OnlyOnce derives the idempotency key from the task name and the params
+	// (compared as JSON), so an identical spawn while the task is unfinished
+	// returns it instead of creating another. Defaults to false.
+	OnlyOnce bool
+	// IdempotencyKey, when not empty, is the deduplication key and wins over
+	// OnlyOnce. It is scoped to the queue and the task name. Defaults to none.
+	IdempotencyKey string
+	// MaxAttempts is how many times the task may run before it fails.
+	// Defaults to 5 (when 0).
+	MaxAttempts int
+	// RetryStrategy spaces the retries. Defaults to exponential from 1s,
+	// doubling, at most 1h (when nil).
+	RetryStrategy *RetryStrategy
+	// Headers travel with the task to the worker (trace ids, tenants...).
+	// They are not part of an only-once key. Defaults to none.
+	Headers map[string]any
+	// AvailableAt delays the task: no worker claims it before then.
+	// Defaults to now (when zero).
+	AvailableAt time.Time
+}
+
+// optionsJSON encodes the options as spawn_task's p_options object.
+func (o *SpawnOptions) optionsJSON() ([]byte, error) {
+	if o == nil {
+		return []byte("{}"), nil
+	}
+	m := map[string]any{}
+	if o.MaxAttempts != 0 {
+		m["max_attempts"] = o.MaxAttempts
+	}
+	if rs := o.RetryStrategy; rs != nil {
+		s := map[string]any{"kind": string(rs.Kind)}
+		if rs.Base != 0 {
+			s["base_seconds"] = rs.Base.Seconds()
+		}
+		if rs.Factor != 0 {
+			s["factor"] = rs.Factor
+		}
+		if rs.Max != 0 {
+			s["max_seconds"] = rs.Max.Seconds()
+		}
+		m["retry_strategy"] = s
+	}
+	if o.Headers != nil {
+		m["headers"] = o.Headers
+	}
+	if !o.AvailableAt.IsZero() {
+		m["available_at"] = o.AvailableAt.UTC().Format(time.RFC3339Nano)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, clientError("QD005", "spawn options cannot be encoded as JSON: %v", err)
+	}
+	return b, nil
+}
+
+// SpawnResult is what a spawn returns: the task that now holds the key.
+type SpawnResult struct {
+	// TaskID is the new task, or the existing one when Created is false.
+	TaskID UUID
+	// RunID is the task's current run.
+	RunID UUID
+	// Attempt is the current run's attempt number, from 1.
+	Attempt int
+	// Created is true when this call created the task, false when it returned
+	// the unfinished task that holds the same key.
+	Created bool
+	// State is the task's state.
+	State TaskState
+}
+
+// Spawn enqueues a task named taskName with params (marshalled to JSON;
+// json.RawMessage and []byte are taken as JSON as they are) on queue.
+//
+// With a key (opts.IdempotencyKey, or opts.OnlyOnce), the first spawn creates
+// the task and, while it is unfinished, every other spawn with the same key
+// returns it with Created false and writes nothing.
+func (c *Client) Spawn(ctx context.Context, queue, taskName string, params any, opts *SpawnOptions) (*SpawnResult, error) {
+	return c.SpawnTx(ctx, c.db, queue, taskName, params, opts)
+}
+
+// SpawnTx is Spawn on tx, typically the caller's pgx.Tx, so that the task is
+// enqueued if and only if the caller's own writes commit. Until then no worker
+// sees the task, and a concurrent spawn with the same key waits for the
+// outcome.
+func (c *Client) SpawnTx(ctx context.Context, tx DBTX, queue, taskName string, params any, opts *SpawnOptions) (*SpawnResult, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	if err := checkText("QD003", "task name", taskName); err != nil {
+		return nil, err
+	}
+	var key *string
+	onlyOnce := false
+	if opts != nil {
+		onlyOnce = opts.OnlyOnce
+		if opts.IdempotencyKey != "" {
+			if err := checkText("QD004", "idempotency key", opts.IdempotencyKey); err != nil {
+				return nil, err
+			}
+			key = &opts.IdempotencyKey
+		}
+	}
+	p, err := encodeJSON("params", params)
+	if err != nil {
+		return nil, err
+	}
+	o, err := opts.optionsJSON()
+	if err != nil {
+		return nil, err
+	}
+	var r SpawnResult
+	err = tx.QueryRow(ctx,
+		"select task_id, run_id, attempt, created, state from durable.spawn_task($1, $2, $3, $4, $5, $6)",
+		queue, taskName, p, onlyOnce, key, o,
+	).Scan(&r.TaskID, &r.RunID, &r.Attempt, &r.Created, &r.State)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return &r, nil
+}
+
+// CancelTask cancels a task that has not finished and returns its state
+// afterwards: StateCancelled, or the final state it already had. A worker
+// running it learns of the cancellation at its next heartbeat.
+func (c *Client) CancelTask(ctx context.Context, queue string, taskID UUID) (TaskState, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return "", err
+	}
+	var s TaskState
+	err := c.db.QueryRow(ctx, "select durable.cancel_task($1, $2)", queue, taskID).Scan(&s)
+	return s, mapError(err)
+}
+
+// TaskResult is a task's state and outcome.
+type TaskResult struct {
+	// TaskID is the task.
+	TaskID UUID
+	// State is the task's state.
+	State TaskState
+	// Result is what the completed run returned (JSON), or nil.
+	Result json.RawMessage
+	// FailureReason is the latest failure's reason (JSON), kept while the
+	// task waits to retry, or nil.
+	FailureReason json.RawMessage
+}
+
+// GetTaskResult returns a task's state and outcome now.
+func (c *Client) GetTaskResult(ctx context.Context, queue string, taskID UUID) (*TaskResult, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	var r TaskResult
+	err := c.db.QueryRow(ctx,
+		"select task_id, state, result, failure_reason from durable.get_task_result($1, $2)",
+		queue, taskID,
+	).Scan(&r.TaskID, &r.State, &r.Result, &r.FailureReason)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return &r, nil
+}
+
+// WaitForResult polls the task, backing off from 10ms to 1s between looks,
+// until it is completed, failed or cancelled, and returns its outcome. It
+// returns ctx's error when ctx ends first.
+func (c *Client) WaitForResult(ctx context.Context, queue string, taskID UUID) (*TaskResult, error) {
+	delay := 10 * time.Millisecond
+	for {
+		r, err := c.GetTaskResult(ctx, queue, taskID)
+		if err != nil {
+			return nil, err
+		}
+		if r.State.Terminal() {
+			return r, nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+// ClaimedRun is a run leased to a worker by ClaimTasks.
+type ClaimedRun struct {
+	RunID          UUID
+	TaskID         UUID
+	Attempt        int
+	TaskName       string
+	Params         json.RawMessage
+	Headers        map[string]any
+	MaxAttempts    int
+	ClaimExpiresAt time.Time
+}
+
+// ClaimTasks leases up to qty ready runs of queue to workerID for
+// claimTimeout (rounded up to whole seconds). Runs whose lease expired are
+// recovered first. Most programs use a Worker instead.
+func (c *Client) ClaimTasks(ctx context.Context, queue, workerID string, claimTimeout time.Duration, qty int) ([]ClaimedRun, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	if err := checkText("QD006", "worker id", workerID); err != nil {
+		return nil, err
+	}
+	rows, err := c.db.Query(ctx,
+		`select run_id, task_id, attempt, task_name, params, headers, max_attempts, claim_expires_at
+		   from durable.claim_task($1, $2, $3, $4)`,
+		queue, workerID, seconds(claimTimeout), qty)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ClaimedRun, error) {
+		var r ClaimedRun
+		err := row.Scan(&r.RunID, &r.TaskID, &r.Attempt, &r.TaskName, &r.Params, &r.Headers, &r.MaxAttempts, &r.ClaimExpiresAt)
+		return r, err
+	})
+	return runs, mapError(err)
+}
+
+// CompleteRun records result (marshalled to JSON) for a running run and
+// completes its task. It returns ErrLeaseLost, ErrTaskCancelled or
+// ErrRunNotRunning (all matching ErrRunNotRunning) when the run is no longer
+// this worker's to complete.
+func (c *Client) CompleteRun(ctx context.Context, queue string, runID UUID, result any) error {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return err
+	}
+	r, err := encodeJSON("result", result)
+	if err != nil {
+		return err
+	}
+	_, err = c.db.Exec(ctx, "select durable.complete_run($1, $2, $3)", queue, runID, r)
+	return mapError(err)
+}
+
+// FailRun records reason (marshalled to JSON) for a running run and schedules
+// the task's next attempt, at retryAt when it is not zero, else after the
+// task's retry strategy's delay; with no attempts left the task fails. A reason
+// object with "retryable": false fails the task at once. Errors as CompleteRun.
+func (c *Client) FailRun(ctx context.Context, queue string, runID UUID, reason any, retryAt time.Time) error {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return err
+	}
+	r, err := encodeJSON("reason", reason)
+	if err != nil {
+		return err
+	}
+	var at *time.Time
+	if !retryAt.IsZero() {
+		at = &retryAt
+	}
+	_, err = c.db.Exec(ctx, "select durable.fail_run($1, $2, $3, $4)", queue, runID, r, at)
+	return mapError(err)
+}
+
+// ExtendClaim renews a running run's lease to now + extendBy (rounded up to
+// whole seconds) and returns the new expiry. Errors as CompleteRun: this is how
+// a worker learns that its task was cancelled.
+func (c *Client) ExtendClaim(ctx context.Context, queue string, runID UUID, extendBy time.Duration) (time.Time, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return time.Time{}, err
+	}
+	var t time.Time
+	err := c.db.QueryRow(ctx, "select durable.extend_claim($1, $2, $3)", queue, runID, seconds(extendBy)).Scan(&t)
+	return t, mapError(err)
+}
+
+// ErrTaskFailed is returned by TaskDef.WaitForResult when the task failed.
+// It is the client's own: no SQLSTATE raises it.
+var ErrTaskFailed = errors.New("durable: task failed")
+
+// TaskDef names a task and the Go types of its params (P) and result (R), so
+// that spawning, handling and reading results need no JSON by hand.
+//
+//	var SendEmail = durable.DefineTask[EmailParams, EmailResult]("send-email")
+type TaskDef[P, R any] struct {
+	// Name is the task name that spawns use and handlers are registered under.
+	Name string
+}
+
+// DefineTask returns the definition of the task called name.
+func DefineTask[P, R any](name string) TaskDef[P, R] {
+	return TaskDef[P, R]{Name: name}
+}
+
+// Spawn spawns the task with params on queue; see Client.Spawn.
+func (d TaskDef[P, R]) Spawn(ctx context.Context, c *Client, queue string, params P, opts *SpawnOptions) (*SpawnResult, error) {
+	return c.Spawn(ctx, queue, d.Name, params, opts)
+}
+
+// SpawnTx spawns the task with params on queue inside tx; see Client.SpawnTx.
+func (d TaskDef[P, R]) SpawnTx(ctx context.Context, c *Client, tx DBTX, queue string, params P, opts *SpawnOptions) (*SpawnResult, error) {
+	return c.SpawnTx(ctx, tx, queue, d.Name, params, opts)
+}
+
+// WaitForResult waits for the task to finish and decodes its result. A failed
+// task gives an error matching ErrTaskFailed, a cancelled one ErrTaskCancelled.
+func (d TaskDef[P, R]) WaitForResult(ctx context.Context, c *Client, queue string, taskID UUID) (R, error) {
+	var out R
+	r, err := c.WaitForResult(ctx, queue, taskID)
+	if err != nil {
+		return out, err
+	}
+	switch r.State {
+	case StateFailed:
+		return out, fmt.Errorf("%w: task %s: %s", ErrTaskFailed, taskID, r.FailureReason)
+	case StateCancelled:
+		return out, fmt.Errorf("%w: task %s", ErrTaskCancelled, taskID)
+	}
+	if len(r.Result) > 0 {
+		if err := json.Unmarshal(r.Result, &out); err != nil {
+			return out, fmt.Errorf("durable: decode result of task %s (%s): %w", taskID, d.Name, err)
+		}
+	}
+	return out, nil
+}
+
+// checkText refuses, before any round trip, text that PostgreSQL cannot
+// store: invalid UTF-8 or a NUL byte. Emptiness and the rest are the server's
+// rules.
+func checkText(code, what, s string) error {
+	if !utf8.ValidString(s) {
+		return clientError(code, "%s %q is not valid UTF-8", what, s)
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return clientError(code, "%s %q contains a NUL byte", what, s)
+	}
+	return nil
+}
+
+// encodeJSON marshals v for a jsonb argument. json.RawMessage and []byte
+// are taken as JSON already and only checked.
+func encodeJSON(what string, v any) ([]byte, error) {
+	var b []byte
+	switch x := v.(type) {
+	case json.RawMessage:
+		b = x
+	case []byte:
+		b = x
+	default:
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			return nil, clientError("QD006", "%s cannot be encoded as JSON: %v", what, err)
+		}
+	}
+	if b == nil {
+		return []byte("null"), nil
+	}
+	if !json.Valid(b) {
+		return nil, clientError("QD006", "%s are not valid JSON", what)
+	}
+	return b, nil
+}
+
+// seconds rounds d up to whole seconds for the integer-second arguments.
+func seconds(d time.Duration) int {
+	s := math.Ceil(d.Seconds())
+	if s > math.MaxInt32 {
+		return math.MaxInt32
+	}
+	return int(s)
+}

@@ -1,0 +1,119 @@
+package durable
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Sentinel errors, one per SQLSTATE that the durable schema raises. Match them
+// with errors.Is; errors.As with *Error gives the server's message and hint.
+var (
+	// ErrInvalidQueueName (QD001): a queue name is 1 to 48 ASCII letters,
+	// digits, '_' or '-', starting with a letter.
+	ErrInvalidQueueName = errors.New("durable: invalid queue name")
+	// ErrQueueNotFound (QD002): the queue was never created, or was dropped.
+	ErrQueueNotFound = errors.New("durable: queue not found")
+	// ErrInvalidTaskName (QD003): the task name is empty.
+	ErrInvalidTaskName = errors.New("durable: invalid task name")
+	// ErrInvalidIdempotencyKey (QD004): the key is empty, or (checked before
+	// any round trip) not valid UTF-8 or contains a NUL byte.
+	ErrInvalidIdempotencyKey = errors.New("durable: invalid idempotency key")
+	// ErrInvalidOptions (QD005): an unknown spawn option, or one of the wrong
+	// type or range.
+	ErrInvalidOptions = errors.New("durable: invalid spawn options")
+	// ErrInvalidArgument (QD006): another argument out of range, such as an
+	// empty worker id or a claim timeout below one second.
+	ErrInvalidArgument = errors.New("durable: invalid argument")
+	// ErrRunNotFound (QD010): no run with that id in the queue.
+	ErrRunNotFound = errors.New("durable: run not found")
+	// ErrRunNotRunning (QD011): the run already ended or has not started, so
+	// it cannot be completed, failed or extended. ErrLeaseLost and
+	// ErrTaskCancelled match it too.
+	ErrRunNotRunning = errors.New("durable: run is not running")
+	// ErrLeaseLost (QD012): the run's lease expired; another claim retries the
+	// task. errors.Is(err, ErrRunNotRunning) is true as well.
+	ErrLeaseLost = errors.New("durable: lease lost")
+	// ErrTaskCancelled (QD013): the run's task was cancelled.
+	// errors.Is(err, ErrRunNotRunning) is true as well.
+	ErrTaskCancelled = errors.New("durable: task cancelled")
+	// ErrTaskNotFound (QD020): no task with that id in the queue.
+	ErrTaskNotFound = errors.New("durable: task not found")
+)
+
+// sqlStates maps each SQLSTATE of the durable schema to its sentinels, most
+// specific first. It is the one place where codes and Go errors meet.
+var sqlStates = map[string][]error{
+	"QD001": {ErrInvalidQueueName},
+	"QD002": {ErrQueueNotFound},
+	"QD003": {ErrInvalidTaskName},
+	"QD004": {ErrInvalidIdempotencyKey},
+	"QD005": {ErrInvalidOptions},
+	"QD006": {ErrInvalidArgument},
+	"QD010": {ErrRunNotFound},
+	"QD011": {ErrRunNotRunning},
+	"QD012": {ErrLeaseLost, ErrRunNotRunning},
+	"QD013": {ErrTaskCancelled, ErrRunNotRunning},
+	"QD020": {ErrTaskNotFound},
+}
+
+// Error is an error raised by the durable schema (or refused by the client
+// before a round trip). It matches its sentinels with errors.Is and unwraps to
+// the *pgconn.PgError when the server raised it.
+type Error struct {
+	// Code is the SQLSTATE, e.g. "QD002".
+	Code string
+	// Message names what was wrong, e.g. "queue 'emails' does not exist".
+	Message string
+	// Hint says what to do about it, when the server gave one.
+	Hint string
+
+	sentinels []error
+	pgErr     *pgconn.PgError
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	if e.Hint != "" {
+		return fmt.Sprintf("durable: %s (%s; hint: %s)", e.Message, e.Code, e.Hint)
+	}
+	return fmt.Sprintf("durable: %s (%s)", e.Message, e.Code)
+}
+
+// Is reports whether target is one of the sentinels of e's code.
+func (e *Error) Is(target error) bool {
+	for _, s := range e.sentinels {
+		if s == target {
+			return true
+		}
+	}
+	return false
+}
+
+// Unwrap returns the server's error, or nil for an error found by the client.
+func (e *Error) Unwrap() error {
+	if e.pgErr == nil {
+		return nil
+	}
+	return e.pgErr
+}
+
+// mapError turns a server error with one of our SQLSTATEs into an *Error and
+// returns every other error unchanged.
+func mapError(err error) error {
+	var pgErr *pgconn.PgError
+	if err == nil || !errors.As(err, &pgErr) {
+		return err
+	}
+	sentinels, ok := sqlStates[pgErr.Code]
+	if !ok {
+		return err
+	}
+	return &Error{Code: pgErr.Code, Message: pgErr.Message, Hint: pgErr.Hint, sentinels: sentinels, pgErr: pgErr}
+}
+
+// clientError builds an *Error for input refused before any round trip.
+func clientError(code, format string, args ...any) error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), sentinels: sqlStates[code]}
+}

@@ -1,0 +1,57 @@
+-- durable._schedule_retry(queue, task_id, reason, retry_at, now): after the
+-- task's latest run failed, schedules its next attempt or fails the task.
+--
+-- The task fails (and frees its key) when its attempts are used up or the reason
+-- is an object with "retryable": false. Otherwise a new run is created,
+-- available at p_retry_at when given, else after the delay of the task's retry
+-- strategy; it is 'sleeping' until then ('pending' when due at once). The
+-- caller has already marked the failed run and locked it; this locks the task
+-- row (runs before tasks, the order every function keeps). Returns the task's
+-- new state. Raises nothing of its own.
+create or replace function durable._schedule_retry(
+  p_queue_name text,
+  p_task_id uuid,
+  p_reason jsonb,
+  p_retry_at timestamptz,
+  p_now timestamptz)
+returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_t text := 't_' || p_queue_name;
+  v_r text := 'r_' || p_queue_name;
+  v_max_attempts integer;
+  v_strategy jsonb;
+  v_attempts integer;
+  v_at timestamptz;
+  v_state text;
+  v_run_id uuid := gen_random_uuid();
+begin
+  execute format('select max_attempts, retry_strategy, attempts from durable.%I
+                   where task_id = $1 for no key update', v_t)
+    into v_max_attempts, v_strategy, v_attempts
+    using p_task_id;
+
+  if v_attempts >= v_max_attempts
+     or (jsonb_typeof(p_reason) = 'object' and p_reason -> 'retryable' = 'false'::jsonb) then
+    execute format('update durable.%I
+                       set state = ''failed'', failure_reason = $2, finished_at = $3, key_held = false
+                     where task_id = $1', v_t)
+      using p_task_id, p_reason, p_now;
+    return 'failed';
+  end if;
+
+  v_at := coalesce(p_retry_at,
+                   p_now + make_interval(secs => durable._retry_delay(v_strategy, v_attempts)));
+  v_state := case when v_at > p_now then 'sleeping' else 'pending' end;
+  execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
+                  values ($1, $2, $3, $4, $5, $6)', v_r)
+    using v_run_id, p_task_id, v_attempts + 1, v_state, v_at, p_now;
+  execute format('update durable.%I
+                     set state = $2, attempts = $3, last_attempt_run = $4, failure_reason = $5
+                   where task_id = $1', v_t)
+    using p_task_id, v_state, v_attempts + 1, v_run_id, p_reason;
+  return v_state;
+end;
+$$;

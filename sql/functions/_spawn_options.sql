@@ -1,0 +1,79 @@
+-- durable._spawn_options(options): validates spawn_task's p_options and returns
+-- each option with its default filled in.
+--
+--   max_attempts    integer >= 1, default 5: attempts before the task fails.
+--   retry_strategy  see durable._retry_strategy; default exponential 1s x2, at most 1h.
+--   headers         JSON object handed to the worker with the task; default none.
+--   available_at    timestamp (JSON string): not claimable before; default now.
+--
+-- A key whose value is JSON null takes its default. Locks nothing. Raises QD005
+-- (invalid_options) naming the option: an unknown key or a wrong type is an
+-- error, never ignored.
+create or replace function durable._spawn_options(
+  p_options jsonb,
+  out o_max_attempts integer,
+  out o_retry_strategy jsonb,
+  out o_headers jsonb,
+  out o_available_at timestamptz)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_key text;
+  v_val jsonb;
+begin
+  o_max_attempts := 5;
+  o_retry_strategy := '{"kind": "exponential", "base_seconds": 1, "factor": 2, "max_seconds": 3600}'::jsonb;
+  if p_options is null or p_options = '{}'::jsonb then
+    return;
+  end if;
+  if jsonb_typeof(p_options) <> 'object' then
+    raise exception 'spawn options must be a JSON object, got %', left(p_options::text, 200)
+      using errcode = 'QD005',
+            hint = 'Known options: max_attempts, retry_strategy, headers, available_at.';
+  end if;
+
+  for v_key, v_val in select e.key, e.value from jsonb_each(p_options) e loop
+    continue when jsonb_typeof(v_val) = 'null';
+    case v_key
+      when 'max_attempts' then
+        if jsonb_typeof(v_val) <> 'number'
+           or v_val::numeric <> trunc(v_val::numeric)
+           or v_val::numeric < 1 or v_val::numeric > 2147483647 then
+          raise exception 'spawn option max_attempts must be an integer from 1 to 2147483647, got %',
+            left(v_val::text, 200)
+            using errcode = 'QD005';
+        end if;
+        o_max_attempts := v_val::numeric::integer;
+      when 'retry_strategy' then
+        o_retry_strategy := durable._retry_strategy(v_val);
+      when 'headers' then
+        if jsonb_typeof(v_val) <> 'object' then
+          raise exception 'spawn option headers must be a JSON object, got %', left(v_val::text, 200)
+            using errcode = 'QD005';
+        end if;
+        o_headers := v_val;
+      when 'available_at' then
+        begin
+          if jsonb_typeof(v_val) <> 'string' then
+            raise exception using errcode = '22007';
+          end if;
+          o_available_at := (v_val #>> array[]::text[])::timestamptz;
+          if not isfinite(o_available_at) then
+            raise exception using errcode = '22008';
+          end if;
+        exception when others then
+          raise exception 'spawn option available_at must be a finite timestamp string, got %',
+            left(v_val::text, 200)
+            using errcode = 'QD005',
+                  hint = 'Example: "2030-01-02T15:04:05Z".';
+        end;
+      else
+        raise exception 'unknown spawn option %', quote_literal(v_key)
+          using errcode = 'QD005',
+                hint = 'Known options: max_attempts, retry_strategy, headers, available_at.';
+    end case;
+  end loop;
+end;
+$$;

@@ -1,0 +1,112 @@
+-- durable.claim_task(queue, worker_id, claim_timeout, qty): leases up to qty
+-- ready runs to a worker for claim_timeout seconds.
+--
+-- First it recovers lost leases: up to 100 running runs whose lease has expired
+-- fail with reason {"name": "claim_timeout", ...} and their tasks retry under
+-- their policy (see _schedule_retry). Then it takes the ready runs (pending or
+-- sleeping, available_at <= now) in order of availability, marks them and their
+-- tasks running and returns them. Both steps read a partial index, so their
+-- cost does not grow with finished history.
+--
+-- Locks: each run and its task with `for no key update skip locked`, so claimers
+-- never wait for each other or for a run being completed or cancelled; the
+-- recovery sweep locks runs before tasks, the order every function keeps.
+-- Raises QD001, QD002 and QD006 (invalid_argument: empty worker id, timeout or
+-- qty below 1, qty above 10000).
+create or replace function durable.claim_task(
+  p_queue_name text,
+  p_worker_id text,
+  p_claim_timeout integer default 30,
+  p_qty integer default 1)
+returns table (
+  run_id uuid,
+  task_id uuid,
+  attempt integer,
+  task_name text,
+  params jsonb,
+  headers jsonb,
+  max_attempts integer,
+  claim_expires_at timestamptz)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_t text := 't_' || p_queue_name;
+  v_r text := 'r_' || p_queue_name;
+  v_now timestamptz := durable.current_time();
+  v_expired record;
+begin
+  perform durable._require_queue(p_queue_name);
+  if p_worker_id is null or p_worker_id = '' then
+    raise exception 'worker id must not be empty'
+      using errcode = 'QD006', hint = 'Name the worker, e.g. host:pid.';
+  end if;
+  if p_claim_timeout is null or p_claim_timeout < 1 then
+    raise exception 'claim timeout must be at least 1 second, got %', coalesce(p_claim_timeout::text, 'NULL')
+      using errcode = 'QD006';
+  end if;
+  if p_qty is null or p_qty < 1 or p_qty > 10000 then
+    raise exception 'qty must be from 1 to 10000, got %', coalesce(p_qty::text, 'NULL')
+      using errcode = 'QD006';
+  end if;
+
+  -- Recover runs whose lease expired.
+  for v_expired in execute format($sql$
+      with expired as (
+        select r.run_id
+          from durable.%1$I r
+         where r.state = 'running' and r.claim_expires_at <= $1
+         order by r.claim_expires_at
+         limit 100
+           for no key update skip locked
+      )
+      update durable.%1$I r
+         set state = 'failed',
+             finished_at = $1,
+             failure_reason = jsonb_build_object(
+               'name', 'claim_timeout',
+               'message', format('lease of worker %%s expired at %%s', r.claimed_by, r.claim_expires_at),
+               'worker_id', r.claimed_by,
+               'claim_expires_at', r.claim_expires_at)
+        from expired
+       where r.run_id = expired.run_id
+      returning r.task_id, r.failure_reason$sql$, v_r)
+    using v_now
+  loop
+    perform durable._schedule_retry(p_queue_name, v_expired.task_id, v_expired.failure_reason, null, v_now);
+  end loop;
+
+  return query execute format($sql$
+    with picked as (
+      select r.run_id, r.task_id
+        from durable.%1$I r
+        join durable.%2$I t on t.task_id = r.task_id
+       where r.state in ('pending', 'sleeping') and r.available_at <= $1
+       order by r.available_at
+       limit $2
+         for no key update of r, t skip locked
+    ), runs as (
+      update durable.%1$I r
+         set state = 'running',
+             claimed_by = $3,
+             claim_expires_at = $1 + make_interval(secs => $4),
+             started_at = $1
+        from picked
+       where r.run_id = picked.run_id
+      returning r.run_id, r.task_id, r.attempt, r.claim_expires_at, r.available_at
+    ), tasks as (
+      update durable.%2$I t
+         set state = 'running',
+             first_started_at = coalesce(t.first_started_at, $1)
+        from runs
+       where t.task_id = runs.task_id
+      returning t.task_id, t.task_name, t.params, t.headers, t.max_attempts
+    )
+    select runs.run_id, runs.task_id, runs.attempt, tasks.task_name, tasks.params,
+           tasks.headers, tasks.max_attempts, runs.claim_expires_at
+      from runs
+      join tasks on tasks.task_id = runs.task_id
+     order by runs.available_at$sql$, v_r, v_t)
+    using v_now, p_qty, p_worker_id, p_claim_timeout;
+end;
+$$;

@@ -1,0 +1,35 @@
+-- durable.complete_run(queue, run_id, result): records a run's result and
+-- completes its task, which frees the task's key.
+--
+-- Only a running run whose lease has not expired can complete. Locks the run,
+-- then the task (the order every function keeps). Raises QD001, QD002, QD010
+-- (run_not_found), QD011 (run_not_running), QD012 (lease_lost) and QD013
+-- (task_cancelled); nothing is written then.
+create or replace function durable.complete_run(
+  p_queue_name text,
+  p_run_id uuid,
+  p_result jsonb default null)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_now timestamptz := durable.current_time();
+  v_task_id uuid;
+begin
+  perform durable._require_queue(p_queue_name);
+  execute format('update durable.%I
+                     set state = ''completed'', result = $2, finished_at = $3
+                   where run_id = $1 and state = ''running'' and claim_expires_at > $3
+                  returning task_id', 'r_' || p_queue_name)
+    into v_task_id
+    using p_run_id, p_result, v_now;
+  if v_task_id is null then
+    perform durable._raise_run_not_running(p_queue_name, p_run_id, 'complete');
+  end if;
+  execute format('update durable.%I
+                     set state = ''completed'', result = $2, finished_at = $3, key_held = false
+                   where task_id = $1', 't_' || p_queue_name)
+    using v_task_id, p_result, v_now;
+end;
+$$;

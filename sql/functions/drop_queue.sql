@@ -1,0 +1,24 @@
+-- durable.drop_queue(queue): drops the queue's tables with every task and run in
+-- them, and unregisters it.
+--
+-- Locks the queue's row in durable.queues, then the tables (access exclusive, so
+-- it waits for calls in flight on the queue). Raises QD001 (invalid_queue_name)
+-- and QD002 (queue_not_found).
+create or replace function durable.drop_queue(p_queue_name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform durable._validate_queue_name(p_queue_name);
+  perform 1 from durable.queues q where q.queue_name = p_queue_name for update;
+  if not found then
+    raise exception 'queue % does not exist', quote_literal(p_queue_name)
+      using errcode = 'QD002',
+            hint = 'durable.list_queues() lists the queues there are.';
+  end if;
+  execute format('drop table if exists durable.%I, durable.%I',
+                 'r_' || p_queue_name, 't_' || p_queue_name);
+  delete from durable.queues q where q.queue_name = p_queue_name;
+end;
+$$;

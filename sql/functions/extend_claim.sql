@@ -1,0 +1,35 @@
+-- durable.extend_claim(queue, run_id, extend_by): keeps a running run's lease
+-- alive until now + extend_by seconds, and returns the new expiry.
+--
+-- Workers call it as a heartbeat; its errors are how a worker learns that the
+-- task was cancelled (QD013) or the lease was lost (QD012). Locks the run only.
+-- Raises QD001, QD002, QD006 (extend_by below 1), QD010, QD011, QD012 and QD013.
+create or replace function durable.extend_claim(
+  p_queue_name text,
+  p_run_id uuid,
+  p_extend_by integer)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_now timestamptz := durable.current_time();
+  v_expires timestamptz;
+begin
+  perform durable._require_queue(p_queue_name);
+  if p_extend_by is null or p_extend_by < 1 then
+    raise exception 'extend_by must be at least 1 second, got %', coalesce(p_extend_by::text, 'NULL')
+      using errcode = 'QD006';
+  end if;
+  execute format('update durable.%I
+                     set claim_expires_at = $2 + make_interval(secs => $3)
+                   where run_id = $1 and state = ''running'' and claim_expires_at > $2
+                  returning claim_expires_at', 'r_' || p_queue_name)
+    into v_expires
+    using p_run_id, v_now, p_extend_by;
+  if v_expires is null then
+    perform durable._raise_run_not_running(p_queue_name, p_run_id, 'extend');
+  end if;
+  return v_expires;
+end;
+$$;
