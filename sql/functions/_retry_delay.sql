@@ -15,16 +15,16 @@ declare
 begin
   case p_strategy ->> 'kind'
     when 'none' then
-      return 0;
+      return 0::double precision;
     when 'fixed' then
       return v_base;
     else
       v_factor := coalesce((p_strategy ->> 'factor')::double precision, 2);
       v_max := coalesce((p_strategy ->> 'max_seconds')::double precision, 3600);
       -- Compare in logarithms so that a large attempt number cannot overflow.
-      v_exp := greatest(p_failed_attempt - 1, 0) * ln(v_factor);
+      v_exp := greatest(p_failed_attempt - 1, 0)::double precision * ln(v_factor);
       if v_base = 0 then
-        return 0;
+        return 0::double precision;
       elsif v_exp + ln(v_base) >= ln(greatest(v_max, 1e-9)) then
         return v_max;
       end if;

@@ -34,7 +34,8 @@ declare
   v_t text := 't_' || p_queue_name;
   v_r text := 'r_' || p_queue_name;
   v_now timestamptz := durable.current_time();
-  v_expired record;
+  v_expired_task uuid;
+  v_expired_reason jsonb;
 begin
   perform durable._require_queue(p_queue_name);
   if p_worker_id is null or p_worker_id = '' then
@@ -51,7 +52,7 @@ begin
   end if;
 
   -- Recover runs whose lease expired.
-  for v_expired in execute format($sql$
+  for v_expired_task, v_expired_reason in execute format($sql$
       with expired as (
         select r.run_id
           from durable.%1$I r
@@ -73,7 +74,7 @@ begin
       returning r.task_id, r.failure_reason$sql$, v_r)
     using v_now
   loop
-    perform durable._schedule_retry(p_queue_name, v_expired.task_id, v_expired.failure_reason, null, v_now);
+    perform durable._schedule_retry(p_queue_name, v_expired_task, v_expired_reason, null, v_now);
   end loop;
 
   return query execute format($sql$

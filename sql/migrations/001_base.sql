@@ -306,16 +306,16 @@ declare
 begin
   case p_strategy ->> 'kind'
     when 'none' then
-      return 0;
+      return 0::double precision;
     when 'fixed' then
       return v_base;
     else
       v_factor := coalesce((p_strategy ->> 'factor')::double precision, 2);
       v_max := coalesce((p_strategy ->> 'max_seconds')::double precision, 3600);
       -- Compare in logarithms so that a large attempt number cannot overflow.
-      v_exp := greatest(p_failed_attempt - 1, 0) * ln(v_factor);
+      v_exp := greatest(p_failed_attempt - 1, 0)::double precision * ln(v_factor);
       if v_base = 0 then
-        return 0;
+        return 0::double precision;
       elsif v_exp + ln(v_base) >= ln(greatest(v_max, 1e-9)) then
         return v_max;
       end if;
@@ -540,7 +540,8 @@ declare
   v_t text := 't_' || p_queue_name;
   v_r text := 'r_' || p_queue_name;
   v_now timestamptz := durable.current_time();
-  v_expired record;
+  v_expired_task uuid;
+  v_expired_reason jsonb;
 begin
   perform durable._require_queue(p_queue_name);
   if p_worker_id is null or p_worker_id = '' then
@@ -557,7 +558,7 @@ begin
   end if;
 
   -- Recover runs whose lease expired.
-  for v_expired in execute format($sql$
+  for v_expired_task, v_expired_reason in execute format($sql$
       with expired as (
         select r.run_id
           from durable.%1$I r
@@ -579,7 +580,7 @@ begin
       returning r.task_id, r.failure_reason$sql$, v_r)
     using v_now
   loop
-    perform durable._schedule_retry(p_queue_name, v_expired.task_id, v_expired.failure_reason, null, v_now);
+    perform durable._schedule_retry(p_queue_name, v_expired_task, v_expired_reason, null, v_now);
   end loop;
 
   return query execute format($sql$
