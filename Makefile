@@ -1,0 +1,33 @@
+# Every target that needs PostgreSQL uses $DATABASE_URL when it is set, and
+# otherwise starts a throwaway local cluster for the duration of the command
+# (scripts/pg.sh).
+
+GO ?= go
+ARGS ?=
+
+.PHONY: test db demo sql/generate sql/verify lint
+
+## test: the whole suite against a real PostgreSQL (the README's test command)
+test:
+	scripts/pg.sh $(GO) test -count=1 -timeout 15m ./...
+
+## db: a throwaway PostgreSQL that stays up until Ctrl-C; prints its DATABASE_URL
+db:
+	scripts/pg.sh sh -c 'echo "export DATABASE_URL=\"$$DATABASE_URL\""; echo "(Ctrl-C stops and removes it)"; while :; do sleep 3600; done'
+
+## demo: the multi-instance deduplication demo (make demo ARGS="--instances 16 --only-once")
+demo:
+	$(GO) run ./cmd/durable demo $(ARGS)
+
+## sql/generate: copy changed sql/functions into a new migration, regenerate sql/install.sql
+sql/generate:
+	$(GO) run ./scripts/sqlgen generate
+
+## sql/verify: fail when generated SQL is stale
+sql/verify:
+	$(GO) run ./scripts/sqlgen verify
+
+## lint: gofmt, go vet, generated SQL (plpgsql_check runs inside the test suite)
+lint: sql/verify
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
