@@ -24,7 +24,8 @@ as $$
     nullif(current_setting('durable.fake_now', true), '')::timestamptz,
     now()
   )
-$$;-- end function: current_time
+$$;
+-- end function: current_time
 
 -- function: _validate_queue_name
 -- durable._validate_queue_name(queue): refuses a name that cannot be a queue.
@@ -47,7 +48,8 @@ begin
             hint = 'A queue name is 1 to 48 ASCII letters, digits, "_" or "-", starting with a letter.';
   end if;
 end;
-$$;-- end function: _validate_queue_name
+$$;
+-- end function: _validate_queue_name
 
 -- function: _require_queue
 -- durable._require_queue(queue): checks that the queue name is valid and the
@@ -70,7 +72,8 @@ begin
             hint = 'Create it first with durable.create_queue(queue_name).';
   end if;
 end;
-$$;-- end function: _require_queue
+$$;
+-- end function: _require_queue
 
 -- function: ensure_queue_tables
 -- durable.ensure_queue_tables(queue): creates the queue's tables, or brings
@@ -153,7 +156,8 @@ begin
                  v_r || '_task', v_r);
 
 end;
-$$;-- end function: ensure_queue_tables
+$$;
+-- end function: ensure_queue_tables
 
 -- function: create_queue
 -- durable.create_queue(queue): registers the queue and creates its tables.
@@ -175,7 +179,8 @@ begin
   on conflict (queue_name) do nothing;
   perform durable.ensure_queue_tables(p_queue_name);
 end;
-$$;-- end function: create_queue
+$$;
+-- end function: create_queue
 
 -- function: drop_queue
 -- durable.drop_queue(queue): drops the queue's tables with every task and run in
@@ -201,7 +206,8 @@ begin
                  'r_' || p_queue_name, 't_' || p_queue_name);
   delete from durable.queues q where q.queue_name = p_queue_name;
 end;
-$$;-- end function: drop_queue
+$$;
+-- end function: drop_queue
 
 -- function: list_queues
 -- durable.list_queues(): the registered queues, by name. Locks nothing.
@@ -214,7 +220,8 @@ as $$
 begin
   return query select q.queue_name from durable.queues q order by q.queue_name;
 end;
-$$;-- end function: list_queues
+$$;
+-- end function: list_queues
 
 -- function: _retry_strategy
 -- durable._retry_strategy(strategy): validates a retry_strategy spawn option and
@@ -286,7 +293,8 @@ begin
   end loop;
   return v_out;
 end;
-$$;-- end function: _retry_strategy
+$$;
+-- end function: _retry_strategy
 
 -- function: _retry_delay
 -- durable._retry_delay(strategy, failed_attempt): seconds to wait before the
@@ -322,7 +330,8 @@ begin
       return v_base * exp(v_exp);
   end case;
 end;
-$$;-- end function: _retry_delay
+$$;
+-- end function: _retry_delay
 
 -- function: _spawn_options
 -- durable._spawn_options(options): validates spawn_task's p_options and returns
@@ -403,7 +412,8 @@ begin
     end case;
   end loop;
 end;
-$$;-- end function: _spawn_options
+$$;
+-- end function: _spawn_options
 
 -- function: spawn_task
 -- durable.spawn_task(queue, task_name, params, options): enqueues a task.
@@ -442,7 +452,8 @@ begin
           coalesce(v_opts.o_available_at, v_now);
   return query select v_task_id, v_run_id, 1, true, 'pending'::text;
 end;
-$$;-- end function: spawn_task
+$$;
+-- end function: spawn_task
 
 -- function: _schedule_retry
 -- durable._schedule_retry(queue, task_id, reason, retry_at, now): after the
@@ -501,7 +512,8 @@ begin
     using p_task_id, v_state, v_attempts + 1, v_run_id, p_reason;
   return v_state;
 end;
-$$;-- end function: _schedule_retry
+$$;
+-- end function: _schedule_retry
 
 -- function: claim_task
 -- durable.claim_task(queue, worker_id, claim_timeout, qty): leases up to qty
@@ -616,7 +628,8 @@ begin
      order by runs.available_at$sql$, v_r, v_t)
     using v_now, p_qty, p_worker_id, p_claim_timeout;
 end;
-$$;-- end function: claim_task
+$$;
+-- end function: claim_task
 
 -- function: _raise_run_not_running
 -- durable._raise_run_not_running(queue, run_id, action): explains why a run
@@ -658,7 +671,8 @@ begin
       using errcode = 'QD011';
   end if;
 end;
-$$;-- end function: _raise_run_not_running
+$$;
+-- end function: _raise_run_not_running
 
 -- function: complete_run
 -- durable.complete_run(queue, run_id, result): records a run's result and
@@ -695,7 +709,8 @@ begin
                    where task_id = $1', 't_' || p_queue_name)
     using v_task_id, p_result, v_now;
 end;
-$$;-- end function: complete_run
+$$;
+-- end function: complete_run
 
 -- function: fail_run
 -- durable.fail_run(queue, run_id, reason, retry_at): records that a run failed
@@ -732,7 +747,8 @@ begin
   end if;
   perform durable._schedule_retry(p_queue_name, v_task_id, v_reason, p_retry_at, v_now);
 end;
-$$;-- end function: fail_run
+$$;
+-- end function: fail_run
 
 -- function: extend_claim
 -- durable.extend_claim(queue, run_id, extend_by): keeps a running run's lease
@@ -769,7 +785,8 @@ begin
   end if;
   return v_expires;
 end;
-$$;-- end function: extend_claim
+$$;
+-- end function: extend_claim
 
 -- function: cancel_task
 -- durable.cancel_task(queue, task_id): cancels a task that has not finished and
@@ -817,7 +834,8 @@ begin
     using p_task_id, v_now;
   return 'cancelled';
 end;
-$$;-- end function: cancel_task
+$$;
+-- end function: cancel_task
 
 -- function: get_task_result
 -- durable.get_task_result(queue, task_id): a task's state and outcome: the
@@ -840,5 +858,6 @@ begin
       using errcode = 'QD020';
   end if;
 end;
-$$;-- end function: get_task_result
+$$;
+-- end function: get_task_result
 

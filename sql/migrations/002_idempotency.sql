@@ -99,7 +99,8 @@ begin
   execute format('create unique index if not exists %I on durable.%I (task_name, key_hash) where key_held',
                  v_t || '_key', v_t);
 end;
-$$;-- end function: ensure_queue_tables
+$$;
+-- end function: ensure_queue_tables
 
 -- function: spawn_task
 -- durable.spawn_task(queue, task_name, params, only_once, idempotency_key, options):
@@ -233,7 +234,8 @@ begin
     using errcode = '40001',
           hint = 'Retry the spawn.';
 end;
-$$;-- end function: spawn_task
+$$;
+-- end function: spawn_task
 
 do $$
 declare
