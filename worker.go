@@ -2,9 +2,16 @@ package durable
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,15 +20,15 @@ type WorkerConfig struct {
 	// Queue is the queue to work. Required.
 	Queue string
 	// WorkerID names this worker in leases and logs. Defaults to
-	// "<hostname>:<pid>:<random>".
+	// "<hostname>:<pid>:<8 random hex digits>".
 	WorkerID string
 	// Concurrency is how many handlers run at once. Defaults to 10.
 	Concurrency int
 	// ClaimTimeout is the lease a claim takes; the heartbeat renews it while
 	// the handler runs. Defaults to 30s.
 	ClaimTimeout time.Duration
-	// HeartbeatInterval is how often a running task's lease is extended.
-	// Defaults to ClaimTimeout / 3.
+	// HeartbeatInterval is how often a running task's lease is extended. It
+	// must be shorter than ClaimTimeout. Defaults to ClaimTimeout / 3.
 	HeartbeatInterval time.Duration
 	// PollInterval is how long an idle worker waits before looking for work
 	// again. Defaults to 250ms.
@@ -32,6 +39,28 @@ type WorkerConfig struct {
 	// Logger receives the worker's logs. Defaults to the client's logger.
 	Logger *slog.Logger
 }
+
+// The defaults of WorkerConfig, and the worker's own fixed timings.
+const (
+	defaultConcurrency  = 10
+	defaultClaimTimeout = 30 * time.Second
+	defaultPollInterval = 250 * time.Millisecond
+	defaultDrainTimeout = 30 * time.Second
+
+	// maxClaimBatch is the largest qty durable.claim_task accepts.
+	maxClaimBatch = 10000
+	// maxClaimBackoff caps the wait between failed claims (or PollInterval,
+	// when that is longer).
+	maxClaimBackoff = 5 * time.Second
+	// shutdownGrace is how long Run waits for handlers to return once it has
+	// cancelled them at the end of the drain.
+	shutdownGrace = 5 * time.Second
+	// finishTimeout bounds each complete_run or fail_run call.
+	finishTimeout = 5 * time.Second
+	// finishAttempts is how many times a complete_run or fail_run call that
+	// failed without reaching the schema (a connection error) is tried.
+	finishAttempts = 3
+)
 
 // Task is a claimed run as its handler sees it.
 type Task struct {
@@ -57,8 +86,16 @@ type Task struct {
 // stored as the task's result; an error fails the run, which is retried under
 // the task's retry strategy unless the error is wrapped with NonRetryable. The
 // context is cancelled when the task is cancelled, the lease is lost, or the
-// worker's drain timeout ends.
+// worker's drain timeout ends; context.Cause then matches ErrTaskCancelled,
+// ErrLeaseLost or ErrWorkerShutdown. A handler should return soon after: its
+// outcome is dropped when the task was cancelled or the lease lost.
 type HandlerFunc func(ctx context.Context, task *Task) (any, error)
+
+// ErrWorkerShutdown is the cause (see context.Cause) of a handler's context
+// when the worker cancelled it because its drain timeout ended. The run is
+// then failed with reason {"name": "worker_shutdown"} and retried at once. It
+// is the worker's own: no SQLSTATE raises it.
+var ErrWorkerShutdown = errors.New("durable: worker shut down")
 
 // errNonRetryable marks errors that fail a task without retrying it.
 var errNonRetryable = errors.New("durable: not retryable")
@@ -82,32 +119,612 @@ func NonRetryable(err error) error {
 // IsNonRetryable reports whether err was wrapped with NonRetryable.
 func IsNonRetryable(err error) bool { return errors.Is(err, errNonRetryable) }
 
+// namedError gives a handler error its own reason name instead of "error".
+type namedError struct {
+	name string
+	err  error
+}
+
+func (e namedError) Error() string { return e.err.Error() }
+func (e namedError) Unwrap() error { return e.err }
+
+// failureReason is the reason object the worker gives fail_run. Retryable is
+// set (to false) only for errors that must not be retried: fail_run fails the
+// task at once for {"retryable": false}.
+type failureReason struct {
+	Name      string `json:"name"`
+	Message   string `json:"message"`
+	Retryable *bool  `json:"retryable,omitempty"`
+	Stack     string `json:"stack,omitempty"`
+	TaskName  string `json:"task_name,omitempty"`
+	WorkerID  string `json:"worker_id,omitempty"`
+}
+
+var notRetryable = new(bool)
+
 // Worker claims runs of one queue and executes them with registered handlers.
 type Worker struct {
 	client   *Client
 	cfg      WorkerConfig
 	handlers map[string]HandlerFunc
+	logger   *slog.Logger
+	leaseDur time.Duration
+
+	mu      sync.Mutex
+	started bool // Run was called: handlers are fixed
+	running bool // a Run is in progress
 }
 
 // NewWorker returns a worker for cfg.Queue. Register handlers, then Run it.
+// It refuses an empty queue, negative durations or concurrency, and a
+// HeartbeatInterval not shorter than ClaimTimeout, with an error matching
+// ErrInvalidQueueName or ErrInvalidArgument; it makes no database call. The
+// client's database must be safe for concurrent use (a *pgxpool.Pool, not a
+// pgx.Tx or *pgx.Conn): claims, heartbeats and outcomes run at once.
 func (c *Client) NewWorker(cfg WorkerConfig) (*Worker, error) {
-	panic("not implemented")
+	if cfg.Queue == "" {
+		return nil, clientError("QD001", "worker config: Queue is required")
+	}
+	if err := checkText("QD001", "queue name", cfg.Queue); err != nil {
+		return nil, err
+	}
+	if err := checkText("QD006", "worker id", cfg.WorkerID); err != nil {
+		return nil, err
+	}
+	if cfg.Concurrency < 0 {
+		return nil, clientError("QD006", "worker config: Concurrency must not be negative, got %d", cfg.Concurrency)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ClaimTimeout", cfg.ClaimTimeout},
+		{"HeartbeatInterval", cfg.HeartbeatInterval},
+		{"PollInterval", cfg.PollInterval},
+		{"DrainTimeout", cfg.DrainTimeout},
+	} {
+		if d.v < 0 {
+			return nil, clientError("QD006", "worker config: %s must not be negative, got %s", d.name, d.v)
+		}
+	}
+
+	if cfg.WorkerID == "" {
+		cfg.WorkerID = defaultWorkerID()
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = defaultConcurrency
+	}
+	if cfg.ClaimTimeout == 0 {
+		cfg.ClaimTimeout = defaultClaimTimeout
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = cfg.ClaimTimeout / 3
+	}
+	if cfg.HeartbeatInterval >= cfg.ClaimTimeout {
+		return nil, clientError("QD006",
+			"worker config: HeartbeatInterval (%s) must be shorter than ClaimTimeout (%s), or every lease expires between heartbeats",
+			cfg.HeartbeatInterval, cfg.ClaimTimeout)
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = defaultPollInterval
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = defaultDrainTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = c.logger
+	}
+	return &Worker{
+		client:   c,
+		cfg:      cfg,
+		handlers: map[string]HandlerFunc{},
+		logger:   cfg.Logger.With("queue", cfg.Queue, "worker_id", cfg.WorkerID),
+		// The lease claim_task and extend_claim grant: whole seconds.
+		leaseDur: time.Duration(seconds(cfg.ClaimTimeout)) * time.Second,
+	}, nil
 }
 
-// Register sets the handler of task name. Register before Run.
+// defaultWorkerID returns "<hostname>:<pid>:<8 random hex digits>".
+func defaultWorkerID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// Register sets the handler of task name, replacing any earlier one. Register
+// before Run: it panics once Run has been called, as it does for an empty name
+// or a nil handler.
+//
+// A run of a task that has no handler on this worker fails with reason
+// {"name": "unknown_task"}, which is retryable: in a deployment where workers
+// of one queue know different tasks, another worker may take the retry. Each
+// such failure uses up one of the task's attempts.
 func (w *Worker) Register(name string, h HandlerFunc) {
-	panic("not implemented")
+	if name == "" {
+		panic("durable: Register with an empty task name")
+	}
+	if h == nil {
+		panic(fmt.Sprintf("durable: Register of task %q with a nil handler", name))
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.started {
+		panic(fmt.Sprintf("durable: Register of task %q after Run was called", name))
+	}
+	w.handlers[name] = h
 }
 
 // HandleTask registers a typed handler for def: params are decoded into P and
-// the returned R is stored as the result.
+// the returned R is stored as the result. Params that do not decode into P
+// fail the run without retry, with reason {"name": "invalid_params"}. It
+// panics as Register does.
 func HandleTask[P, R any](w *Worker, def TaskDef[P, R], fn func(ctx context.Context, task *Task, params P) (R, error)) {
-	panic("not implemented")
+	if fn == nil {
+		panic(fmt.Sprintf("durable: HandleTask of task %q with a nil function", def.Name))
+	}
+	w.Register(def.Name, func(ctx context.Context, task *Task) (any, error) {
+		var p P
+		if err := json.Unmarshal(task.Params, &p); err != nil {
+			return nil, NonRetryable(namedError{
+				name: "invalid_params",
+				err:  fmt.Errorf("durable: params of task %q do not decode into %T: %w", def.Name, p, err),
+			})
+		}
+		return fn(ctx, task, p)
+	})
 }
 
 // Run claims and executes runs until ctx ends, then stops claiming, waits up
 // to DrainTimeout for in-flight handlers, cancels the rest and returns. It
 // returns nil after a shutdown through ctx.
+//
+// Handlers' contexts do not derive from ctx's cancellation (they keep its
+// values): they are cancelled only by the end of the drain, the task's
+// cancellation or the loss of the lease. A handler cancelled by the end of the
+// drain that returns an error is failed with reason {"name":
+// "worker_shutdown"} and retry_at now, so that another worker retries it at
+// once; like any failure this uses up an attempt. A handler that has not
+// returned 5 seconds after that is abandoned: its run is failed the same way
+// and its outcome ignored. A claim in flight when ctx ends is let finish (for
+// at most ClaimTimeout) and its runs are drained with the others, so that no
+// lease is left to expire. Claim errors are logged and retried with backoff;
+// Run returns an error only when the worker is already running.
 func (w *Worker) Run(ctx context.Context) error {
-	panic("not implemented")
+	w.mu.Lock()
+	if w.running {
+		w.mu.Unlock()
+		return errors.New("durable: Run called while the worker is already running")
+	}
+	w.running, w.started = true, true
+	handlers := make(map[string]HandlerFunc, len(w.handlers))
+	for k, v := range w.handlers {
+		handlers[k] = v
+	}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.running = false
+		w.mu.Unlock()
+	}()
+
+	base := context.WithoutCancel(ctx)
+	life, endLife := context.WithCancelCause(base)
+	defer endLife(ErrWorkerShutdown)
+	rs := &runState{
+		w:        w,
+		handlers: handlers,
+		base:     base,
+		life:     life,
+		inflight: map[*execution]struct{}{},
+		freed:    make(chan struct{}, 1),
+	}
+	w.logger.Info("durable: worker started", "concurrency", w.cfg.Concurrency)
+	rs.claimLoop(ctx)
+	rs.shutdown(endLife)
+	return nil
+}
+
+// runState is the state of one call to Run.
+type runState struct {
+	w        *Worker
+	handlers map[string]HandlerFunc
+	base     context.Context // Run's ctx without its cancellation
+	life     context.Context // parent of the handlers' contexts
+
+	mu       sync.Mutex
+	inflight map[*execution]struct{}
+	freed    chan struct{} // signalled (without blocking) when a run ends
+}
+
+// execution is one claimed run being handled.
+type execution struct {
+	run      ClaimedRun
+	task     *Task
+	log      *slog.Logger
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	deadline time.Time // local time the lease surely lasts until; written by the heartbeat
+
+	lost      atomic.Pointer[error] // why the run is no longer ours, if it is not
+	reported  atomic.Bool           // the outcome was (or is being) reported
+	stopHB    func()
+	hbStopped chan struct{}
+}
+
+func (rs *runState) active() int {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return len(rs.inflight)
+}
+
+// claimLoop claims runs and starts their handlers until ctx ends.
+func (rs *runState) claimLoop(ctx context.Context) {
+	w := rs.w
+	failures := 0
+	for ctx.Err() == nil {
+		free := w.cfg.Concurrency - rs.active()
+		if free <= 0 {
+			// Slot-limited: claim again as soon as a handler is done.
+			select {
+			case <-ctx.Done():
+			case <-rs.freed:
+			}
+			continue
+		}
+		n := min(free, maxClaimBatch)
+		runs, started, err := rs.claim(n)
+		if err != nil {
+			failures++
+			delay := claimBackoff(w.cfg.PollInterval, failures)
+			w.logger.Error("durable: claim failed", "error", err, "failures", failures, "retry_in", delay)
+			sleep(ctx, delay)
+			continue
+		}
+		failures = 0
+		for _, r := range runs {
+			rs.start(r, started)
+		}
+		if len(runs) == n {
+			continue // there may be more: claim again at once
+		}
+		sleep(ctx, w.cfg.PollInterval)
+	}
+}
+
+// claimBackoff is the wait after the failures-th failed claim in a row:
+// PollInterval doubling with each failure, at most maxClaimBackoff (or
+// PollInterval when that is longer).
+func claimBackoff(poll time.Duration, failures int) time.Duration {
+	limit := max(maxClaimBackoff, poll)
+	d := poll
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// claim leases up to n runs. The call does not end with Run's ctx: runs
+// leased by a call cut short would be lost until their lease expired.
+func (rs *runState) claim(n int) ([]ClaimedRun, time.Time, error) {
+	w := rs.w
+	ctx, cancel := context.WithTimeout(rs.base, w.leaseDur)
+	defer cancel()
+	started := time.Now()
+	runs, err := w.client.ClaimTasks(ctx, w.cfg.Queue, w.cfg.WorkerID, w.cfg.ClaimTimeout, n)
+	return runs, started, err
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// start runs the handler of r in its own goroutine, with a heartbeat.
+// claimedAt is when the claim was sent, so the lease lasts at least until
+// claimedAt + the lease duration.
+func (rs *runState) start(r ClaimedRun, claimedAt time.Time) {
+	w := rs.w
+	e := &execution{
+		run: r,
+		task: &Task{
+			Queue:       w.cfg.Queue,
+			TaskID:      r.TaskID,
+			RunID:       r.RunID,
+			Attempt:     r.Attempt,
+			MaxAttempts: r.MaxAttempts,
+			Name:        r.TaskName,
+			Params:      r.Params,
+			Headers:     r.Headers,
+		},
+		log:       w.logger.With("task_name", r.TaskName, "task_id", r.TaskID, "run_id", r.RunID, "attempt", r.Attempt),
+		deadline:  claimedAt.Add(w.leaseDur),
+		hbStopped: make(chan struct{}),
+	}
+	e.ctx, e.cancel = context.WithCancelCause(rs.life)
+	hbCtx, stopHB := context.WithCancel(rs.base)
+	var once sync.Once
+	e.stopHB = func() { once.Do(stopHB) }
+
+	rs.mu.Lock()
+	rs.inflight[e] = struct{}{}
+	rs.mu.Unlock()
+
+	e.log.Debug("durable: run claimed")
+	if h := rs.handlers[r.TaskName]; h != nil {
+		go rs.heartbeat(hbCtx, e)
+	} else {
+		close(e.hbStopped) // nothing to keep alive: the run fails at once
+	}
+	go rs.execute(e)
+}
+
+// done forgets e and wakes the claim loop or the drain.
+func (rs *runState) done(e *execution) {
+	e.cancel(nil)
+	rs.mu.Lock()
+	delete(rs.inflight, e)
+	rs.mu.Unlock()
+	select {
+	case rs.freed <- struct{}{}:
+	default:
+	}
+}
+
+// heartbeat extends e's lease every HeartbeatInterval until ctx ends. When the
+// schema says the run is no longer ours, or the lease passes without a
+// successful extension, it cancels the handler and marks the run lost.
+func (rs *runState) heartbeat(ctx context.Context, e *execution) {
+	defer close(e.hbStopped)
+	w := rs.w
+	tick := time.NewTicker(w.cfg.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !time.Now().Before(e.deadline) {
+			rs.loseLease(e, fmt.Errorf("%w: no successful heartbeat before the lease ended at %s",
+				ErrLeaseLost, e.deadline.Format(time.RFC3339Nano)))
+			return
+		}
+		callCtx, cancel := context.WithDeadline(ctx, e.deadline)
+		sent := time.Now()
+		_, err := w.client.ExtendClaim(callCtx, w.cfg.Queue, e.run.RunID, w.cfg.ClaimTimeout)
+		cancel()
+		switch {
+		case err == nil:
+			e.deadline = sent.Add(w.leaseDur)
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, ErrTaskCancelled):
+			e.log.Info("durable: task cancelled; cancelling its handler")
+			rs.markLost(e, fmt.Errorf("durable: task %s was cancelled: %w", e.run.TaskID, err))
+			return
+		case errors.Is(err, ErrRunNotRunning), errors.Is(err, ErrRunNotFound), errors.Is(err, ErrQueueNotFound):
+			rs.loseLease(e, fmt.Errorf("durable: run %s is no longer this worker's: %w", e.run.RunID, err))
+			return
+		default:
+			e.log.Warn("durable: heartbeat failed; retrying until the lease ends",
+				"error", err, "lease_ends", e.deadline)
+		}
+	}
+}
+
+// loseLease logs and marks e lost.
+func (rs *runState) loseLease(e *execution, cause error) {
+	e.log.Warn("durable: lease lost; cancelling the handler", "error", cause)
+	rs.markLost(e, cause)
+}
+
+// markLost records that e's run is no longer this worker's and cancels its
+// handler with cause.
+func (rs *runState) markLost(e *execution, cause error) {
+	e.lost.Store(&cause)
+	e.cancel(cause)
+}
+
+// outcome is how a handler ended.
+type outcome struct {
+	result   any
+	err      error
+	panicked bool
+	panicVal any
+	stack    string
+}
+
+// call runs h, turning a panic (or runtime.Goexit) into an outcome.
+func call(ctx context.Context, h HandlerFunc, task *Task) outcome {
+	ch := make(chan outcome, 1)
+	go func() {
+		o := outcome{panicked: true, panicVal: "handler exited through runtime.Goexit"}
+		defer func() {
+			if v := recover(); v != nil {
+				o = outcome{panicked: true, panicVal: v, stack: string(debug.Stack())}
+			}
+			ch <- o
+		}()
+		res, err := h(ctx, task)
+		o = outcome{result: res, err: err}
+	}()
+	return <-ch
+}
+
+// execute runs e's handler and reports its outcome.
+func (rs *runState) execute(e *execution) {
+	defer rs.done(e)
+	w := rs.w
+	h := rs.handlers[e.run.TaskName]
+	if h == nil {
+		e.stopHB()
+		if !e.reported.CompareAndSwap(false, true) {
+			return
+		}
+		e.log.Warn("durable: no handler for task; failing the run so that another worker may retry it")
+		rs.fail(e, failureReason{
+			Name:     "unknown_task",
+			Message:  fmt.Sprintf("no handler registered for task %q on this worker", e.run.TaskName),
+			TaskName: e.run.TaskName,
+			WorkerID: w.cfg.WorkerID,
+		}, time.Time{})
+		return
+	}
+
+	o := call(e.ctx, h, e.task)
+	e.stopHB()
+	<-e.hbStopped
+	if !e.reported.CompareAndSwap(false, true) {
+		return // abandoned at shutdown: Run reported it
+	}
+	if lost := e.lost.Load(); lost != nil {
+		e.log.Info("durable: handler returned after its run was lost or cancelled; outcome dropped",
+			"cause", *lost, "handler_error", o.err)
+		return
+	}
+
+	switch {
+	case o.panicked:
+		e.log.Error("durable: handler panicked", "panic", o.panicVal, "stack", o.stack)
+		rs.fail(e, failureReason{Name: "panic", Message: fmt.Sprint(o.panicVal), Stack: o.stack}, time.Time{})
+	case o.err != nil && errors.Is(context.Cause(e.ctx), ErrWorkerShutdown):
+		e.log.Info("durable: handler cut off by shutdown; the task is retried at once", "error", o.err)
+		rs.fail(e, shutdownReason(w.cfg.WorkerID, o.err), time.Now())
+	case o.err != nil:
+		reason := failureReason{Name: "error", Message: o.err.Error()}
+		var ne namedError
+		if errors.As(o.err, &ne) {
+			reason.Name = ne.name
+		}
+		if IsNonRetryable(o.err) {
+			reason.Retryable = notRetryable
+		}
+		e.log.Warn("durable: handler failed", "error", o.err, "retryable", reason.Retryable == nil)
+		rs.fail(e, reason, time.Time{})
+	default:
+		err := rs.finish(e, "complete", func(ctx context.Context) error {
+			return w.client.CompleteRun(ctx, w.cfg.Queue, e.run.RunID, o.result)
+		})
+		if errors.Is(err, ErrInvalidArgument) {
+			// The result is not JSON; it would not be on a retry either.
+			e.log.Error("durable: handler result cannot be stored", "error", err)
+			rs.fail(e, failureReason{Name: "invalid_result", Message: err.Error(), Retryable: notRetryable}, time.Time{})
+			return
+		}
+		if err == nil {
+			e.log.Debug("durable: run completed")
+		}
+	}
+}
+
+// shutdownReason is the reason of a run cut off by the worker's shutdown.
+func shutdownReason(workerID string, err error) failureReason {
+	msg := fmt.Sprintf("worker %s shut down before the handler finished", workerID)
+	if err != nil {
+		msg += ": " + err.Error()
+	}
+	return failureReason{Name: "worker_shutdown", Message: msg, WorkerID: workerID}
+}
+
+// fail fails e's run with reason, to be retried at retryAt (zero: the task's
+// retry strategy decides).
+func (rs *runState) fail(e *execution, reason failureReason, retryAt time.Time) {
+	w := rs.w
+	_ = rs.finish(e, "fail", func(ctx context.Context) error {
+		return w.client.FailRun(ctx, w.cfg.Queue, e.run.RunID, reason, retryAt)
+	})
+}
+
+// finish makes a complete_run or fail_run call with its own timeout (Run's
+// ctx may be over), retrying errors that did not come from the schema while
+// the lease lasts. It logs the final error and returns it.
+func (rs *runState) finish(e *execution, what string, f func(ctx context.Context) error) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(rs.base, finishTimeout)
+		err = f(ctx)
+		cancel()
+		var de *Error
+		if err == nil || errors.As(err, &de) || attempt == finishAttempts || !time.Now().Before(e.deadline) {
+			break
+		}
+		e.log.Warn("durable: could not record the run's outcome; retrying", "action", what, "error", err)
+		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+	}
+	var de *Error
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrRunNotRunning):
+		e.log.Warn("durable: run is no longer this worker's; outcome dropped", "action", what, "error", err)
+	case errors.Is(err, ErrInvalidArgument):
+		// Refused before any round trip (a result that is not JSON): the
+		// caller handles it.
+	case errors.As(err, &de):
+		e.log.Error("durable: the run's outcome was refused", "action", what, "error", err)
+	default:
+		e.log.Error("durable: could not record the run's outcome; the task is retried when its lease expires",
+			"action", what, "error", err)
+	}
+	return err
+}
+
+// shutdown stops the in-flight handlers after Run's ctx ended: it waits up to
+// DrainTimeout, cancels them with ErrWorkerShutdown, waits shutdownGrace, and
+// fails the runs of handlers still running then.
+func (rs *runState) shutdown(endLife context.CancelCauseFunc) {
+	w := rs.w
+	n := rs.active()
+	w.logger.Info("durable: worker stopping; draining in-flight handlers", "in_flight", n, "drain_timeout", w.cfg.DrainTimeout)
+	if rs.wait(w.cfg.DrainTimeout) {
+		w.logger.Info("durable: worker stopped")
+		return
+	}
+	w.logger.Warn("durable: drain timeout ended; cancelling in-flight handlers", "in_flight", rs.active())
+	endLife(ErrWorkerShutdown)
+	if rs.wait(shutdownGrace) {
+		w.logger.Info("durable: worker stopped")
+		return
+	}
+	rs.mu.Lock()
+	left := make([]*execution, 0, len(rs.inflight))
+	for e := range rs.inflight {
+		left = append(left, e)
+	}
+	rs.mu.Unlock()
+	for _, e := range left {
+		if !e.reported.CompareAndSwap(false, true) {
+			continue
+		}
+		e.stopHB()
+		<-e.hbStopped
+		if e.lost.Load() != nil {
+			continue
+		}
+		e.log.Error("durable: handler ignored its cancellation; abandoning it and failing its run for retry")
+		rs.fail(e, shutdownReason(w.cfg.WorkerID, errors.New("the handler did not return after its context was cancelled")), time.Now())
+	}
+	w.logger.Info("durable: worker stopped", "abandoned", len(left))
+}
+
+// wait waits up to d for every handler to end and reports whether they did.
+func (rs *runState) wait(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for rs.active() > 0 {
+		select {
+		case <-rs.freed:
+		case <-t.C:
+			return rs.active() == 0
+		}
+	}
+	return true
 }

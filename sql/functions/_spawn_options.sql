@@ -6,9 +6,9 @@
 --   headers         JSON object handed to the worker with the task; default none.
 --   available_at    timestamp (JSON string): not claimable before; default now.
 --
--- A key whose value is JSON null takes its default. Locks nothing. Raises QD005
--- (invalid_options) naming the option: an unknown key or a wrong type is an
--- error, never ignored.
+-- A known option whose value is JSON null takes its default. Locks nothing.
+-- Raises QD005 (invalid_options) naming the option: an unknown key (even one
+-- set to null) or a wrong type is an error, never ignored.
 create or replace function durable._spawn_options(
   p_options jsonb,
   out o_max_attempts integer,
@@ -20,6 +20,7 @@ stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_known constant text[] := array['max_attempts', 'retry_strategy', 'headers', 'available_at'];
   v_key text;
   v_val jsonb;
 begin
@@ -35,6 +36,11 @@ begin
   end if;
 
   for v_key, v_val in select e.key, e.value from jsonb_each(p_options) e loop
+    if not v_key = any (v_known) then
+      raise exception 'unknown spawn option %', quote_literal(v_key)
+        using errcode = 'QD005',
+              hint = 'Known options: max_attempts, retry_strategy, headers, available_at.';
+    end if;
     continue when jsonb_typeof(v_val) = 'null';
     case v_key
       when 'max_attempts' then
@@ -69,10 +75,6 @@ begin
             using errcode = 'QD005',
                   hint = 'Example: "2030-01-02T15:04:05Z".';
         end;
-      else
-        raise exception 'unknown spawn option %', quote_literal(v_key)
-          using errcode = 'QD005',
-                hint = 'Known options: max_attempts, retry_strategy, headers, available_at.';
     end case;
   end loop;
 end;

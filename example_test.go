@@ -1,0 +1,227 @@
+package durable_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/durable-go/durable"
+	"github.com/durable-go/durable/internal/testdb"
+)
+
+// Two instances of a service receive the same order event and both spawn the
+// task that sends its receipt, with the same idempotency key. The first spawn
+// creates the task; the second returns it, so the receipt is sent once.
+func ExampleClient_Spawn() {
+	ctx := context.Background()
+	pool := examplePool() // in a program: pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	client, err := durable.New(pool, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("receipts")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+
+	opts := &durable.SpawnOptions{IdempotencyKey: "order-42-receipt"}
+	params := map[string]any{"order_id": 42}
+	first, err := client.Spawn(ctx, queue, "send-receipt", params, opts)
+	if err != nil {
+		log.Fatal(err)
+	}
+	second, err := client.Spawn(ctx, queue, "send-receipt", params, opts)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("first spawn created a task:", first.Created)
+	fmt.Println("second spawn created a task:", second.Created)
+	fmt.Println("both name the same task:", first.TaskID == second.TaskID)
+	fmt.Println("its state:", second.State)
+	// Output:
+	// first spawn created a task: true
+	// second spawn created a task: false
+	// both name the same task: true
+	// its state: pending
+}
+
+// ResizeParams are the params of the resize-image task.
+type ResizeParams struct {
+	ImageID int `json:"image_id"`
+	Width   int `json:"width"`
+}
+
+// ResizeResult is the result of the resize-image task.
+type ResizeResult struct {
+	Path string `json:"path"`
+}
+
+// resizeImage names the task and the Go types of its params and result.
+var resizeImage = durable.DefineTask[ResizeParams, ResizeResult]("resize-image")
+
+// A typed task: spawned with ResizeParams, handled by a Worker that receives
+// them decoded, and its ResizeResult read back with WaitForResult.
+func ExampleDefineTask() {
+	ctx := context.Background()
+	// The worker logs to the client's Logger; this example keeps it quiet.
+	client, err := durable.New(examplePool(), &durable.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("images")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+
+	worker, err := client.NewWorker(durable.WorkerConfig{Queue: queue, PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
+	durable.HandleTask(worker, resizeImage, func(ctx context.Context, task *durable.Task, p ResizeParams) (ResizeResult, error) {
+		return ResizeResult{Path: fmt.Sprintf("/thumbnails/%d-w%d.png", p.ImageID, p.Width)}, nil
+	})
+	runCtx, stopWorker := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := worker.Run(runCtx); err != nil {
+			log.Print(err)
+		}
+	})
+	defer func() {
+		stopWorker() // Run drains the handlers in flight, then returns
+		wg.Wait()
+	}()
+
+	spawned, err := resizeImage.Spawn(ctx, client, queue, ResizeParams{ImageID: 7, Width: 320}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	result, err := resizeImage.WaitForResult(waitCtx, client, queue, spawned.TaskID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(result.Path)
+	// Output: /thumbnails/7-w320.png
+}
+
+// SpawnTx enqueues a task in the caller's transaction: the task exists if and
+// only if the caller's own writes commit. Here the order and its shipping task
+// are created together, and a rolled-back order leaves no task behind.
+func ExampleClient_SpawnTx() {
+	ctx := context.Background()
+	pool := examplePool()
+	client, err := durable.New(pool, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("shipping")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+
+	// placeOrder inserts an order into the application's own table and spawns
+	// its shipping task in the same transaction, then commits or rolls back.
+	placeOrder := func(item string, commit bool) durable.UUID {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer tx.Rollback(ctx) // a no-op once committed
+		var orderID int64
+		if err := tx.QueryRow(ctx, "insert into orders (item) values ($1) returning id", item).Scan(&orderID); err != nil {
+			log.Fatal(err)
+		}
+		spawned, err := client.SpawnTx(ctx, tx, queue, "ship-order", map[string]any{"order_id": orderID},
+			&durable.SpawnOptions{IdempotencyKey: fmt.Sprintf("ship-order-%d", orderID)})
+		if err != nil {
+			log.Fatal(err)
+		}
+		if commit {
+			if err := tx.Commit(ctx); err != nil {
+				log.Fatal(err)
+			}
+		}
+		return spawned.TaskID
+	}
+
+	committed := placeOrder("teapot", true)
+	rolledBack := placeOrder("kettle", false)
+
+	r, err := client.GetTaskResult(ctx, queue, committed)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("committed order's task:", r.State)
+	_, err = client.GetTaskResult(ctx, queue, rolledBack)
+	fmt.Println("rolled-back order's task not found:", errors.Is(err, durable.ErrTaskNotFound))
+	// Output:
+	// committed order's task: pending
+	// rolled-back order's task not found: true
+}
+
+// The examples share one migrated database, created on the test server the
+// first time an example needs it. Examples have no *testing.T, so testdb's
+// per-test databases are out of reach; the database is named under testdb's
+// prefix (durable_test_<pid>) so that testdb.Main drops it with its own at the
+// end of the run.
+var (
+	examplePoolOnce sync.Once
+	examplePoolV    *pgxpool.Pool
+	exampleSeq      atomic.Int64
+)
+
+// examplePool returns a pool on the examples' database. It panics when the
+// database cannot be set up: an example has no other way to fail.
+func examplePool() *pgxpool.Pool {
+	examplePoolOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		name := fmt.Sprintf("durable_test_%d_examples", os.Getpid())
+		admin, err := pgx.Connect(ctx, os.Getenv("DATABASE_URL"))
+		if err != nil {
+			panic(fmt.Sprintf("examples: connect: %v", err))
+		}
+		defer admin.Close(ctx)
+		for _, sql := range []string{
+			"drop database if exists " + name + " with (force)",
+			"create database " + name,
+		} {
+			if _, err := admin.Exec(ctx, sql); err != nil {
+				panic(fmt.Sprintf("examples: %s: %v", sql, err))
+			}
+		}
+		conn, err := pgx.Connect(ctx, testdb.URL(name))
+		if err != nil {
+			panic(fmt.Sprintf("examples: connect: %v", err))
+		}
+		defer conn.Close(ctx)
+		if err := durable.Migrate(ctx, conn, nil); err != nil {
+			panic(fmt.Sprintf("examples: %v", err))
+		}
+		// The application table of ExampleClient_SpawnTx.
+		if _, err := conn.Exec(ctx, "create table orders (id bigint generated always as identity primary key, item text not null)"); err != nil {
+			panic(fmt.Sprintf("examples: %v", err))
+		}
+		if examplePoolV, err = pgxpool.New(ctx, testdb.URL(name)); err != nil {
+			panic(fmt.Sprintf("examples: %v", err))
+		}
+	})
+	return examplePoolV
+}
+
+// exampleQueueName returns a queue name used by no other example run, so that
+// go test -count=N starts each run from an empty queue.
+func exampleQueueName(base string) string {
+	return fmt.Sprintf("%s_%d", base, exampleSeq.Add(1))
+}
