@@ -5,6 +5,7 @@ package durable_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -306,6 +307,47 @@ func TestNullRunAndTaskIDs(t *testing.T) {
 	requireFails(t, tx, "QD010", "select durable.extend_claim($1, null, 30)", q)
 	requireFails(t, tx, "QD020", "select durable.cancel_task($1, null)", q)
 	requireFails(t, tx, "QD020", "select * from durable.get_task_result($1, null)", q)
+}
+
+// TestBadRetryAt: fail_run refuses a retry time that never comes (it would
+// leave the task sleeping forever, holding its key).
+func TestBadRetryAt(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	q := newQueue(t, tx)
+	spawn(t, tx, spawnCall{queue: q, task: "t"})
+	r := claimOne(t, tx, q)
+	for _, at := range []string{"infinity", "-infinity"} {
+		e := requireFails(t, tx, "QD006", "select durable.fail_run($1, $2, '{}', $3::timestamptz)", q, r.RunID, at)
+		require.Contains(t, e.Message, "retry_at")
+	}
+}
+
+// TestGoRefusesNULInJSON: a \u0000 escape anywhere in params or a result is
+// refused before any round trip (jsonb cannot store it), while an escaped
+// backslash followed by "u0000" is ordinary text and goes through.
+func TestGoRefusesNULInJSON(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	counting := &countingDB{db: testdb.Tx(t)}
+	c, err := durable.New(counting, nil)
+	require.NoError(t, err)
+	for _, params := range []any{
+		map[string]string{"a": "x\x00y"},
+		json.RawMessage(`{"deep": [1, {"k": "\u0000"}]}`),
+		json.RawMessage(`["\\\\", "\u0000"]`),
+	} {
+		_, err := c.Spawn(ctx, "any", "t", params, nil)
+		requireSentinels(t, err, "QD006", durable.ErrInvalidArgument)
+	}
+	require.Zero(t, counting.calls.Load(), "refused params must not reach the database")
+
+	require.NoError(t, c.CreateQueue(ctx, "nul_ok"))
+	r, err := c.Spawn(ctx, "nul_ok", "t", json.RawMessage(`{"a": "\\u0000"}`), nil)
+	require.NoError(t, err)
+	res, err := c.GetTaskResult(ctx, "nul_ok", r.TaskID)
+	require.NoError(t, err)
+	require.Equal(t, durable.StatePending, res.State)
 }
 
 // countingDB passes calls to a real database and counts them.

@@ -494,7 +494,26 @@ func encodeJSON(what string, v any) ([]byte, error) {
 	if !json.Valid(b) {
 		return nil, clientError("QD006", "%s are not valid JSON", what)
 	}
+	if hasNULEscape(b) {
+		return nil, clientError("QD006", "%s contain the escape \\u0000, which PostgreSQL's jsonb cannot store", what)
+	}
 	return b, nil
+}
+
+// hasNULEscape reports whether valid JSON b contains the string escape
+// \u0000. Backslashes occur only inside strings, each starting an escape, so
+// skipping the character after each one finds exactly the real escapes.
+func hasNULEscape(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		if i+5 < len(b) && b[i+1] == 'u' && string(b[i+2:i+6]) == "0000" {
+			return true
+		}
+		i++
+	}
+	return false
 }
 
 // seconds rounds d up to whole seconds for the integer-second arguments.

@@ -721,8 +721,9 @@ $$;
 --
 -- The next attempt is available at p_retry_at when given, else after the delay
 -- of the task's retry strategy. Only a running run whose lease has not expired
--- can fail. Locks the run, then the task. Raises QD001, QD002, QD010, QD011,
--- QD012 and QD013 like complete_run; nothing is written then.
+-- can fail. Locks the run, then the task. Raises QD001, QD002, QD006
+-- (p_retry_at is not a finite time), QD010, QD011, QD012 and QD013 like
+-- complete_run; nothing is written then.
 create or replace function durable.fail_run(
   p_queue_name text,
   p_run_id uuid,
@@ -738,6 +739,10 @@ declare
   v_task_id uuid;
 begin
   perform durable._require_queue(p_queue_name);
+  if not isfinite(p_retry_at) then
+    raise exception 'retry_at must be a finite time, got %', p_retry_at
+      using errcode = 'QD006';
+  end if;
   execute format('update durable.%I
                      set state = ''failed'', failure_reason = $2, finished_at = $3
                    where run_id = $1 and state = ''running'' and claim_expires_at > $3
