@@ -19,9 +19,9 @@ db:
 demo:
 	$(GO) run ./cmd/durable demo $(ARGS)
 
-## sql/generate: copy changed sql/functions into a new migration, regenerate sql/install.sql
+## sql/generate: copy changed sql/functions into a new migration, regenerate sql/install.sql (ARGS=-amend: into the newest, unlanded one)
 sql/generate:
-	$(GO) run ./scripts/sqlgen generate
+	$(GO) run ./scripts/sqlgen generate $(ARGS)
 
 ## sql/verify: fail when generated SQL is stale
 sql/verify:

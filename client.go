@@ -157,6 +157,16 @@ type SpawnOptions struct {
 	// AvailableAt delays the task: no worker claims it before then.
 	// Defaults to now (when zero).
 	AvailableAt time.Time
+	// ParentTaskID makes the task a child of that task of the same queue: it
+	// is cancelled when the parent fails or is cancelled. Handlers use
+	// Task.SpawnChild, which sets it. Defaults to none.
+	ParentTaskID UUID
+	// MaxDelay cancels the task if no worker has started it this long after
+	// AvailableAt (whole seconds, rounded up). Defaults to none.
+	MaxDelay time.Duration
+	// MaxDuration cancels the task if it has not finished this long after its
+	// first start (whole seconds, rounded up). Defaults to none.
+	MaxDuration time.Duration
 }
 
 // optionsJSON encodes the options as spawn_task's p_options object.
@@ -186,6 +196,15 @@ func (o *SpawnOptions) optionsJSON() ([]byte, error) {
 	}
 	if !o.AvailableAt.IsZero() {
 		m["available_at"] = o.AvailableAt.UTC().Format(time.RFC3339Nano)
+	}
+	if !o.ParentTaskID.IsZero() {
+		m["parent_task_id"] = o.ParentTaskID.String()
+	}
+	if o.MaxDelay != 0 {
+		m["max_delay"] = seconds(o.MaxDelay)
+	}
+	if o.MaxDuration != 0 {
+		m["max_duration"] = seconds(o.MaxDuration)
 	}
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -323,6 +342,68 @@ func (c *Client) WaitForResult(ctx context.Context, queue string, taskID UUID) (
 		}
 		delay = min(delay*2, time.Second)
 	}
+}
+
+// EmitEvent records the event name of queue with payload (marshalled to JSON)
+// and wakes every task waiting for it. The first emit of a name wins: it
+// returns true, and later emits return false and change nothing.
+func (c *Client) EmitEvent(ctx context.Context, queue, name string, payload any) (bool, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return false, err
+	}
+	if err := checkText("QD007", "event name", name); err != nil {
+		return false, err
+	}
+	p, err := encodeJSON("payload", payload)
+	if err != nil {
+		return false, err
+	}
+	var stored bool
+	err = c.db.QueryRow(ctx, "select durable.emit_event($1, $2, $3)", queue, name, p).Scan(&stored)
+	return stored, mapError(err)
+}
+
+// RetryOptions tune RetryTask. A nil *RetryOptions retries in place.
+type RetryOptions struct {
+	// SpawnNew spawns the task's name, params, key and options as a new task
+	// instead of reviving it; a live holder of its key is returned instead
+	// (Created false). Defaults to false: retry in place.
+	SpawnNew bool
+	// MaxAttempts becomes the task's max_attempts. Defaults to one more
+	// attempt when they are used up (0).
+	MaxAttempts int
+}
+
+// RetryTask runs a failed or cancelled task again, in place (a new run,
+// keeping its checkpoints, so finished steps do not run again) or as a new
+// task. An in-place retry returns ErrKeyHeld, naming the holder, when a newer
+// live task holds the task's idempotency key.
+func (c *Client) RetryTask(ctx context.Context, queue string, taskID UUID, opts *RetryOptions) (*SpawnResult, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	o := map[string]any{}
+	if opts != nil {
+		if opts.SpawnNew {
+			o["spawn_new"] = true
+		}
+		if opts.MaxAttempts != 0 {
+			o["max_attempts"] = opts.MaxAttempts
+		}
+	}
+	b, err := json.Marshal(o)
+	if err != nil {
+		return nil, err
+	}
+	var r SpawnResult
+	err = c.db.QueryRow(ctx,
+		"select task_id, run_id, attempt, created, state from durable.retry_task($1, $2, $3)",
+		queue, taskID, b,
+	).Scan(&r.TaskID, &r.RunID, &r.Attempt, &r.Created, &r.State)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return &r, nil
 }
 
 // ClaimedRun is a run leased to a worker by ClaimTasks.

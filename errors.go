@@ -26,6 +26,8 @@ var (
 	// ErrInvalidArgument (QD006): another argument out of range, such as an
 	// empty worker id or a claim timeout below one second.
 	ErrInvalidArgument = errors.New("durable: invalid argument")
+	// ErrInvalidEventName (QD007): an event name is empty or starts with '$'.
+	ErrInvalidEventName = errors.New("durable: invalid event name")
 	// ErrRunNotFound (QD010): no run with that id in the queue.
 	ErrRunNotFound = errors.New("durable: run not found")
 	// ErrRunNotRunning (QD011): the run already ended or has not started, so
@@ -38,6 +40,12 @@ var (
 	// ErrTaskCancelled (QD013): the run's task was cancelled.
 	// errors.Is(err, ErrRunNotRunning) is true as well.
 	ErrTaskCancelled = errors.New("durable: task cancelled")
+	// ErrKeyHeld (QD014): an in-place retry would revive a task whose
+	// idempotency key a newer live task holds; the message names the holder.
+	ErrKeyHeld = errors.New("durable: idempotency key held by another task")
+	// ErrTaskNotRetryable (QD015): only failed or cancelled tasks can be
+	// retried.
+	ErrTaskNotRetryable = errors.New("durable: task not retryable")
 	// ErrTaskNotFound (QD020): no task with that id in the queue.
 	ErrTaskNotFound = errors.New("durable: task not found")
 )
@@ -51,10 +59,13 @@ var sqlStates = map[string][]error{
 	"QD004": {ErrInvalidIdempotencyKey},
 	"QD005": {ErrInvalidOptions},
 	"QD006": {ErrInvalidArgument},
+	"QD007": {ErrInvalidEventName},
 	"QD010": {ErrRunNotFound},
 	"QD011": {ErrRunNotRunning},
 	"QD012": {ErrLeaseLost, ErrRunNotRunning},
 	"QD013": {ErrTaskCancelled, ErrRunNotRunning},
+	"QD014": {ErrKeyHeld},
+	"QD015": {ErrTaskNotRetryable},
 	"QD020": {ErrTaskNotFound},
 }
 

@@ -218,9 +218,47 @@ func Verify(root string) error {
 	return nil
 }
 
+// Amend returns the newest migration's text with the changed functions'
+// blocks replaced by their files, and blocks added after its last one for
+// changed functions it does not hold yet. Only for a migration that has not
+// landed: landed migrations are immutable.
+func (p *Project) Amend(names []string) (string, string, error) {
+	if len(p.Migrations) == 0 {
+		return "", "", fmt.Errorf("sqlgen: no migration to amend")
+	}
+	last := p.Migrations[len(p.Migrations)-1]
+	text := last.Text
+	var added strings.Builder
+	for _, name := range names {
+		start := "-- function: " + name + "\n"
+		end := "-- end function: " + name + "\n"
+		i := strings.LastIndex(text, start)
+		if i < 0 {
+			writeBlock(&added, name, p.Functions[name])
+			continue
+		}
+		j := strings.Index(text[i:], end)
+		if j < 0 {
+			return "", "", fmt.Errorf("sqlgen: %s: block of function %s has no end line", last.File, name)
+		}
+		text = text[:i+len(start)] + p.Functions[name] + text[i+j:]
+	}
+	if added.Len() > 0 {
+		k := strings.LastIndex(text, "-- end function: ")
+		if k < 0 {
+			text += "\n" + added.String()
+		} else {
+			k += strings.Index(text[k:], "\n") + 1
+			text = text[:k] + "\n" + strings.TrimRight(added.String(), "\n") + "\n" + text[k:]
+		}
+	}
+	return last.File, text, nil
+}
+
 // Generate writes a new migration for changed function files (named
-// NNN_<label>.sql) and rewrites sql/install.sql. It returns the paths it wrote.
-func Generate(root, label string) ([]string, error) {
+// NNN_<label>.sql), or with amend rewrites the newest migration instead, and
+// rewrites sql/install.sql. It returns the paths it wrote.
+func Generate(root, label string, amend bool) ([]string, error) {
 	p, err := Load(root)
 	if err != nil {
 		return nil, err
@@ -232,6 +270,11 @@ func Generate(root, label string) ([]string, error) {
 	var wrote []string
 	if len(names) > 0 {
 		file, text := p.NextMigration(names, label)
+		if amend {
+			if file, text, err = p.Amend(names); err != nil {
+				return nil, err
+			}
+		}
 		path := filepath.Join(root, "sql", "migrations", file)
 		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 			return nil, err

@@ -1,8 +1,9 @@
 -- durable._schedule_retry(queue, task_id, reason, retry_at, now): after the
 -- task's latest run failed, schedules its next attempt or fails the task.
 --
--- The task fails (and frees its key) when its attempts are used up or the reason
--- is an object with "retryable": false. Otherwise a new run is created,
+-- The task fails (and frees its key, wakes its waiters and cancels its
+-- unfinished children: _task_finished) when its attempts are used up or the
+-- reason is an object with "retryable": false. Otherwise a new run is created,
 -- available at p_retry_at when given, else after the delay of the task's retry
 -- strategy; it is 'sleeping' until then ('pending' when due at once). The
 -- caller has already marked the failed run and locked it; this locks the task
@@ -36,9 +37,11 @@ begin
   if v_attempts >= v_max_attempts
      or (jsonb_typeof(p_reason) = 'object' and p_reason -> 'retryable' = 'false'::jsonb) then
     execute format('update durable.%I
-                       set state = ''failed'', failure_reason = $2, finished_at = $3, key_held = false
+                       set state = ''failed'', failure_reason = $2, finished_at = $3, key_held = false,
+                           cancel_deadline = null
                      where task_id = $1', v_t)
       using p_task_id, p_reason, p_now;
+    perform durable._task_finished(p_queue_name, p_task_id, 'failed', p_now);
     return 'failed';
   end if;
 

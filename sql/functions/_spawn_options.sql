@@ -5,6 +5,13 @@
 --   retry_strategy  see durable._retry_strategy; default exponential 1s x2, at most 1h.
 --   headers         JSON object handed to the worker with the task; default none.
 --   available_at    timestamp (JSON string): not claimable before; default now.
+--   parent_task_id  uuid (JSON string) of a task of the same queue: the new task
+--                   is its child (cancelled when the parent fails or is
+--                   cancelled). Default none.
+--   max_delay       seconds (integer >= 1): the task is cancelled if no worker
+--                   has started it that long after available_at. Default none.
+--   max_duration    seconds (integer >= 1): the task is cancelled if it has not
+--                   finished that long after its first start. Default none.
 --
 -- A known option whose value is JSON null takes its default. Locks nothing.
 -- Raises QD005 (invalid_options) naming the option: an unknown key (even one
@@ -14,13 +21,17 @@ create or replace function durable._spawn_options(
   out o_max_attempts integer,
   out o_retry_strategy jsonb,
   out o_headers jsonb,
-  out o_available_at timestamptz)
+  out o_available_at timestamptz,
+  out o_parent_task_id uuid,
+  out o_max_delay integer,
+  out o_max_duration integer)
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_known constant text[] := array['max_attempts', 'retry_strategy', 'headers', 'available_at'];
+  v_known constant text[] := array['max_attempts', 'retry_strategy', 'headers', 'available_at',
+                                  'parent_task_id', 'max_delay', 'max_duration'];
   v_key text;
   v_val jsonb;
 begin
@@ -32,14 +43,14 @@ begin
   if jsonb_typeof(p_options) <> 'object' then
     raise exception 'spawn options must be a JSON object, got %', left(p_options::text, 200)
       using errcode = 'QD005',
-            hint = 'Known options: max_attempts, retry_strategy, headers, available_at.';
+            hint = 'Known options: max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration.';
   end if;
 
   for v_key, v_val in select e.key, e.value from jsonb_each(p_options) e loop
     if not v_key = any (v_known) then
       raise exception 'unknown spawn option %', quote_literal(v_key)
         using errcode = 'QD005',
-              hint = 'Known options: max_attempts, retry_strategy, headers, available_at.';
+              hint = 'Known options: max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration.';
     end if;
     continue when jsonb_typeof(v_val) = 'null';
     case v_key
@@ -75,6 +86,30 @@ begin
             using errcode = 'QD005',
                   hint = 'Example: "2030-01-02T15:04:05Z".';
         end;
+      when 'parent_task_id' then
+        begin
+          if jsonb_typeof(v_val) <> 'string' then
+            raise exception using errcode = '22P02';
+          end if;
+          o_parent_task_id := (v_val #>> array[]::text[])::uuid;
+        exception when others then
+          raise exception 'spawn option parent_task_id must be a task id (a UUID string), got %',
+            left(v_val::text, 200)
+            using errcode = 'QD005';
+        end;
+      when 'max_delay', 'max_duration' then
+        if jsonb_typeof(v_val) <> 'number'
+           or v_val::numeric <> trunc(v_val::numeric)
+           or v_val::numeric < 1 or v_val::numeric > 315360000 then
+          raise exception 'spawn option % must be a whole number of seconds from 1 to 315360000, got %',
+            v_key, left(v_val::text, 200)
+            using errcode = 'QD005';
+        end if;
+        if v_key = 'max_delay' then
+          o_max_delay := v_val::numeric::integer;
+        else
+          o_max_duration := v_val::numeric::integer;
+        end if;
     end case;
   end loop;
 end;

@@ -1,12 +1,16 @@
 -- durable.claim_task(queue, worker_id, claim_timeout, qty): leases up to qty
 -- ready runs to a worker for claim_timeout seconds.
 --
--- First it recovers lost leases: up to 100 running runs whose lease has expired
--- fail with reason {"name": "claim_timeout", ...} and their tasks retry under
--- their policy (see _schedule_retry). Then it takes the ready runs (pending or
--- sleeping, available_at <= now) in order of availability, marks them and their
--- tasks running and returns them. Both steps read a partial index, so their
--- cost does not grow with finished history.
+-- First it enforces cancellation deadlines: up to 100 tasks whose max_delay or
+-- max_duration has passed are cancelled (skipping any another transaction
+-- holds; a later claim gets them). Then it recovers lost leases: up to 100
+-- running runs whose lease has expired fail with reason
+-- {"name": "claim_timeout", ...} and their tasks retry under their policy (see
+-- _schedule_retry). Then it takes the ready runs (pending or sleeping,
+-- available_at <= now) in order of availability, marks them and their tasks
+-- running and returns them; a task's first start replaces its max_delay
+-- deadline with its max_duration one. Every step reads a partial index, so
+-- its cost does not grow with finished history.
 --
 -- Locks: each run and its task with `for no key update skip locked`, so claimers
 -- never wait for each other or for a run being completed or cancelled; the
@@ -36,6 +40,7 @@ declare
   v_now timestamptz := durable.current_time();
   v_expired_task uuid;
   v_expired_reason jsonb;
+  v_started timestamptz;
 begin
   perform durable._require_queue(p_queue_name);
   if p_worker_id is null or p_worker_id = '' then
@@ -50,6 +55,20 @@ begin
     raise exception 'qty must be from 1 to 10000, got %', coalesce(p_qty::text, 'NULL')
       using errcode = 'QD006';
   end if;
+
+  -- Cancel tasks past their deadline.
+  for v_expired_task, v_started in execute format(
+      'select task_id, first_started_at from durable.%I
+        where cancel_deadline <= $1 order by cancel_deadline limit 100', v_t)
+    using v_now
+  loop
+    perform durable._cancel_task(p_queue_name, v_expired_task,
+      case when v_started is null
+        then jsonb_build_object('name', 'max_delay', 'message', 'not started before its max_delay passed')
+        else jsonb_build_object('name', 'max_duration', 'message', 'not finished before its max_duration passed')
+      end,
+      v_now, true);
+  end loop;
 
   -- Recover runs whose lease expired.
   for v_expired_task, v_expired_reason in execute format($sql$
@@ -83,6 +102,7 @@ begin
         from durable.%1$I r
         join durable.%2$I t on t.task_id = r.task_id
        where r.state in ('pending', 'sleeping') and r.available_at <= $1
+         and (t.cancel_deadline is null or t.cancel_deadline > $1)
        order by r.available_at
        limit $2
          for no key update of r, t skip locked
@@ -98,7 +118,10 @@ begin
     ), tasks as (
       update durable.%2$I t
          set state = 'running',
-             first_started_at = coalesce(t.first_started_at, $1)
+             first_started_at = coalesce(t.first_started_at, $1),
+             cancel_deadline = case when t.first_started_at is null
+                                    then $1 + make_interval(secs => t.max_duration)
+                                    else t.cancel_deadline end
         from runs
        where t.task_id = runs.task_id
       returning t.task_id, t.task_name, t.params, t.headers, t.max_attempts

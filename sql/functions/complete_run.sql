@@ -1,5 +1,6 @@
 -- durable.complete_run(queue, run_id, result): records a run's result and
--- completes its task, which frees the task's key.
+-- completes its task, which frees the task's key and wakes the runs waiting
+-- for the task (await_task_result).
 --
 -- Only a running run whose lease has not expired can complete. Locks the run,
 -- then the task (the order every function keeps). Raises QD001, QD002, QD010
@@ -28,8 +29,10 @@ begin
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'complete');
   end if;
   execute format('update durable.%I
-                     set state = ''completed'', result = $2, finished_at = $3, key_held = false
+                     set state = ''completed'', result = $2, finished_at = $3, key_held = false,
+                         cancel_deadline = null
                    where task_id = $1', 't_' || p_queue_name)
     using v_task_id, p_result, v_now;
+  perform durable._task_finished(p_queue_name, v_task_id, 'completed', v_now);
 end;
 $$;

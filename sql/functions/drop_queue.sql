@@ -1,5 +1,5 @@
--- durable.drop_queue(queue): drops the queue's tables with every task and run in
--- them, and unregisters it.
+-- durable.drop_queue(queue): drops the queue's tables with every task, run,
+-- checkpoint, event and wait in them, and unregisters it.
 --
 -- Locks the queue's row in durable.queues, then the tables (access exclusive, so
 -- it waits for calls in flight on the queue). Raises QD001 (invalid_queue_name)
@@ -17,7 +17,8 @@ begin
       using errcode = 'QD002',
             hint = 'durable.list_queues() lists the queues there are.';
   end if;
-  execute format('drop table if exists durable.%I, durable.%I',
+  execute format('drop table if exists durable.%I, durable.%I, durable.%I, durable.%I, durable.%I',
+                 'w_' || p_queue_name, 'e_' || p_queue_name, 'c_' || p_queue_name,
                  'r_' || p_queue_name, 't_' || p_queue_name);
   delete from durable.queues q where q.queue_name = p_queue_name;
 end;

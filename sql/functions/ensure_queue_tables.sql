@@ -13,6 +13,17 @@
 --   t_<queue>_key    unique (task_name, key_hash) for tasks whose key is held:
 --                    the deduplication rule's index (see spawn_task). Only live
 --                    keyed tasks are in it.
+--   t_<queue>_parent children of a task, for cascading cancellation.
+--   t_<queue>_deadline tasks with a cancellation deadline (max_delay,
+--                    max_duration), swept by claim_task.
+--
+-- Durable execution (migration 003) adds:
+--   durable.c_<queue>  checkpoints: one row per (task, step), written by the
+--                      task's running run; a newer attempt's row is never
+--                      overwritten by an older one.
+--   durable.e_<queue>  events: one row per name; the first emit wins.
+--   durable.w_<queue>  waits: a run sleeping until an event (or a task's end,
+--                      '$task:<id>') or its timeout.
 --
 -- Locks the queue's row in durable.queues, so concurrent calls for one queue
 -- serialize instead of failing on the catalog. Raises QD001
@@ -90,5 +101,44 @@ begin
                  v_t);
   execute format('create unique index if not exists %I on durable.%I (task_name, key_hash) where key_held',
                  v_t || '_key', v_t);
+
+  -- Durable execution (migration 003).
+  execute format('alter table durable.%I
+                    add column if not exists parent_task_id uuid,
+                    add column if not exists max_duration integer,
+                    add column if not exists cancel_deadline timestamptz',
+                 v_t);
+  execute format('create index if not exists %I on durable.%I (parent_task_id) where parent_task_id is not null',
+                 v_t || '_parent', v_t);
+  execute format('create index if not exists %I on durable.%I (cancel_deadline) where cancel_deadline is not null',
+                 v_t || '_deadline', v_t);
+  execute format($ddl$
+    create table if not exists durable.%I (
+      task_id    uuid not null,
+      step_name  text not null,
+      state      jsonb not null,
+      run_id     uuid not null,
+      attempt    integer not null,
+      updated_at timestamptz not null,
+      primary key (task_id, step_name)
+    )$ddl$, 'c_' || p_queue_name);
+  execute format($ddl$
+    create table if not exists durable.%I (
+      event_name text primary key,
+      payload    jsonb not null,
+      emitted_at timestamptz not null
+    )$ddl$, 'e_' || p_queue_name);
+  execute format($ddl$
+    create table if not exists durable.%I (
+      run_id     uuid not null,
+      step_name  text not null,
+      task_id    uuid not null,
+      event_name text not null,
+      timeout_at timestamptz not null,
+      created_at timestamptz not null,
+      primary key (run_id, step_name)
+    )$ddl$, 'w_' || p_queue_name);
+  execute format('create index if not exists %I on durable.%I (event_name)',
+                 'w_' || p_queue_name || '_event', 'w_' || p_queue_name);
 end;
 $$;

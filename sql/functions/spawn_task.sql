@@ -30,9 +30,14 @@
 -- a conflict with a row the caller's snapshot cannot see raises 40001 rather
 -- than returning a task the caller cannot read.
 --
+-- Options (see _spawn_options) may make the task a child of another task of
+-- the queue (parent_task_id) and give it a cancellation deadline (max_delay,
+-- max_duration, enforced by claim_task through an index, never by a scan).
+--
 -- Raises QD001 (invalid_queue_name), QD002 (queue_not_found), QD003
 -- (invalid_task_name), QD004 (invalid_idempotency_key), QD005
--- (invalid_options) and 40001 (serialization_failure); nothing is written then.
+-- (invalid_options), QD020 (task_not_found: no such parent task) and 40001
+-- (serialization_failure); nothing is written then.
 create or replace function durable.spawn_task(
   p_queue_name text,
   p_task_name text,
@@ -51,6 +56,7 @@ declare
   v_params jsonb := coalesce(p_params, 'null'::jsonb);
   v_opts record;
   v_available_at timestamptz;
+  v_cancel_deadline timestamptz;
   v_key_hash bytea;
   v_task_id uuid := gen_random_uuid();
   v_run_id uuid := gen_random_uuid();
@@ -71,6 +77,18 @@ begin
   end if;
   select * into v_opts from durable._spawn_options(p_options);
   v_available_at := coalesce(v_opts.o_available_at, v_now);
+  if v_opts.o_max_delay is not null then
+    v_cancel_deadline := v_available_at + make_interval(secs => v_opts.o_max_delay);
+  end if;
+  if v_opts.o_parent_task_id is not null then
+    execute format('select 1 from durable.%I where task_id = $1', v_t)
+      using v_opts.o_parent_task_id;
+    if not found then
+      raise exception 'parent task % not found in queue %', v_opts.o_parent_task_id, quote_literal(p_queue_name)
+        using errcode = 'QD020',
+              hint = 'A child task lives in its parent''s queue.';
+    end if;
+  end if;
 
   if p_idempotency_key is not null then
     v_key_hash := sha256(convert_to('k:' || p_idempotency_key, 'UTF8'));
@@ -80,13 +98,15 @@ begin
     execute format($sql$
       with task as (
         insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
-                                max_attempts, state, attempts, last_attempt_run, enqueued_at)
-        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8)
+                                max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                parent_task_id, max_duration, cancel_deadline)
+        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, $12)
       )
       insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
       values ($7, $1, 1, 'pending', $9, $8)$sql$, v_t, v_r)
       using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
-            v_opts.o_max_attempts, v_run_id, v_now, v_available_at;
+            v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
+            v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
     return query select v_task_id, v_run_id, 1, true, 'pending'::text;
     return;
   end if;
@@ -107,8 +127,9 @@ begin
       with task as (
         insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
                                 max_attempts, state, attempts, last_attempt_run, enqueued_at,
-                                idempotency_key, key_hash, key_held)
-        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, true)
+                                idempotency_key, key_hash, key_held,
+                                parent_task_id, max_duration, cancel_deadline)
+        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, true, $12, $13, $14)
         on conflict (task_name, key_hash) where key_held do nothing
         returning 1
       )
@@ -116,7 +137,8 @@ begin
       select $7, $1, 1, 'pending', $9, $8 from task$sql$, v_t, v_r)
       using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
             v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
-            p_idempotency_key, v_key_hash;
+            p_idempotency_key, v_key_hash,
+            v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
     get diagnostics v_inserted = row_count;
     if v_inserted = 1 then
       return query select v_task_id, v_run_id, 1, true, 'pending'::text;

@@ -1,0 +1,27 @@
+-- durable._write_checkpoint(queue, task_id, step, state, run_id, attempt, now):
+-- upserts a step's checkpoint unless a newer attempt already wrote it. The
+-- caller has locked the running run (_lock_running_run). Locks the checkpoint
+-- row. Raises nothing of its own.
+create or replace function durable._write_checkpoint(
+  p_queue_name text,
+  p_task_id uuid,
+  p_step_name text,
+  p_state jsonb,
+  p_run_id uuid,
+  p_attempt integer,
+  p_now timestamptz)
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  execute format($sql$
+    insert into durable.%1$I as c (task_id, step_name, state, run_id, attempt, updated_at)
+    values ($1, $2, $3, $4, $5, $6)
+    on conflict (task_id, step_name) do update
+       set state = excluded.state, run_id = excluded.run_id,
+           attempt = excluded.attempt, updated_at = excluded.updated_at
+     where c.attempt <= excluded.attempt$sql$, 'c_' || p_queue_name)
+    using p_task_id, p_step_name, coalesce(p_state, 'null'::jsonb), p_run_id, p_attempt, p_now;
+end;
+$$;

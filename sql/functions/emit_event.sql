@@ -1,0 +1,35 @@
+-- durable.emit_event(queue, event_name, payload): records an event and wakes
+-- every run waiting for it. Returns true when this call recorded it, false
+-- when the event already existed: the first emit wins and later ones change
+-- nothing.
+--
+-- Takes the transaction advisory lock on (queue, event name) that waiters
+-- take, so an emit racing an await_event is never lost; wakes waiting runs
+-- with skip locked (see _wake_waiters). Raises QD001, QD002 and QD007
+-- (invalid_event_name).
+create or replace function durable.emit_event(
+  p_queue_name text,
+  p_event_name text,
+  p_payload jsonb default null)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_now timestamptz := durable.current_time();
+  v_inserted integer;
+begin
+  perform durable._require_queue(p_queue_name);
+  perform durable._validate_event_name(p_event_name);
+  perform pg_advisory_xact_lock(hashtextextended('durable:' || p_queue_name || ':' || p_event_name, 0));
+  execute format('insert into durable.%I (event_name, payload, emitted_at) values ($1, $2, $3)
+                  on conflict (event_name) do nothing', 'e_' || p_queue_name)
+    using p_event_name, coalesce(p_payload, 'null'::jsonb), v_now;
+  get diagnostics v_inserted = row_count;
+  if v_inserted = 0 then
+    return false;
+  end if;
+  perform durable._wake_waiters(p_queue_name, p_event_name, v_now);
+  return true;
+end;
+$$;
