@@ -5,7 +5,7 @@
 GO ?= go
 ARGS ?=
 
-.PHONY: test db demo sql/generate sql/verify lint
+.PHONY: test db demo sql/generate sql/verify lint bench
 
 ## test: the whole suite against a real PostgreSQL (the README's test command)
 test:
@@ -31,3 +31,7 @@ sql/verify:
 lint: sql/verify
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+## bench: pgbench scenarios beside their physical references (BENCH_SECONDS, BENCH_CYCLES, BENCH_FINISHED)
+bench:
+	scripts/pg.sh scripts/bench.sh

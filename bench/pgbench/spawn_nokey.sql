@@ -1,0 +1,1 @@
+select * from durable.spawn_task('bench', 'noop', '{"n": 1}');
