@@ -62,7 +62,14 @@ const (
 	finishAttempts = 3
 )
 
-// Task is a claimed run as its handler sees it.
+// Task is a claimed run as its handler sees it. Beyond its fields, it makes
+// the handler's work durable: Step runs a piece of work once per task and
+// replays its result on later attempts, SleepFor, SleepUntil, AwaitEvent and
+// AwaitTask wait without holding a worker, and SpawnChild starts child tasks
+// exactly once. A run that waits is suspended: the call returns an error
+// matching ErrSuspended, which the handler must return, and the same run is
+// handed to a handler again when the wait is over. A handler must make its
+// durable calls in the same order on every run, from one goroutine at a time.
 type Task struct {
 	// Queue is the queue the task is on.
 	Queue string
@@ -80,6 +87,8 @@ type Task struct {
 	Params json.RawMessage
 	// Headers are the headers the task was spawned with, or nil.
 	Headers map[string]any
+
+	rt *taskRuntime // what the durable calls need; nil for a Task not handed out by a worker
 }
 
 // HandlerFunc handles one run of a task. Its result is marshalled to JSON and
@@ -88,7 +97,9 @@ type Task struct {
 // context is cancelled when the task is cancelled, the lease is lost, or the
 // worker's drain timeout ends; context.Cause then matches ErrTaskCancelled,
 // ErrLeaseLost or ErrWorkerShutdown. A handler should return soon after: its
-// outcome is dropped when the task was cancelled or the lease lost.
+// outcome is dropped when the task was cancelled or the lease lost. A handler
+// whose durable call suspended the run (an error matching ErrSuspended)
+// returns that error; the worker then neither completes nor fails the run.
 type HandlerFunc func(ctx context.Context, task *Task) (any, error)
 
 // ErrWorkerShutdown is the cause (see context.Cause) of a handler's context
@@ -453,6 +464,9 @@ func (rs *runState) start(r ClaimedRun, claimedAt time.Time) {
 	hbCtx, stopHB := context.WithCancel(rs.base)
 	var once sync.Once
 	e.stopHB = func() { once.Do(stopHB) }
+	e.task.rt = newTaskRuntime(w.client, seconds(w.cfg.ClaimTimeout),
+		e.stopHB, // suspended: the lease is released, nothing to keep alive
+		func(cause error) { rs.durableCallLost(e, cause) })
 
 	rs.mu.Lock()
 	rs.inflight[e] = struct{}{}
@@ -511,6 +525,11 @@ func (rs *runState) heartbeat(ctx context.Context, e *execution) {
 			e.log.Info("durable: task cancelled; cancelling its handler")
 			rs.markLost(e, fmt.Errorf("durable: task %s was cancelled: %w", e.run.TaskID, err))
 			return
+		case errors.Is(err, ErrRunNotRunning) && !errors.Is(err, ErrLeaseLost) && e.task.rt.beingSuspended():
+			// A durable call is suspending the run (or just did): the run is
+			// sleeping, not lost. Look again at the next tick, unless the
+			// suspension stops the heartbeat first.
+			continue
 		case errors.Is(err, ErrRunNotRunning), errors.Is(err, ErrRunNotFound), errors.Is(err, ErrQueueNotFound):
 			rs.loseLease(e, fmt.Errorf("durable: run %s is no longer this worker's: %w", e.run.RunID, err))
 			return
@@ -519,6 +538,19 @@ func (rs *runState) heartbeat(ctx context.Context, e *execution) {
 				"error", err, "lease_ends", e.deadline)
 		}
 	}
+}
+
+// durableCallLost handles a durable call of e's handler that found the run no
+// longer this worker's: it stops the heartbeat, logs and marks e lost, so that
+// the handler's outcome is dropped.
+func (rs *runState) durableCallLost(e *execution, cause error) {
+	e.stopHB()
+	if errors.Is(cause, ErrTaskCancelled) {
+		e.log.Info("durable: task cancelled; cancelling its handler", "error", cause)
+	} else {
+		e.log.Warn("durable: run lost during a durable call; cancelling the handler", "error", cause)
+	}
+	rs.markLost(e, cause)
 }
 
 // loseLease logs and marks e lost.
@@ -589,6 +621,17 @@ func (rs *runState) execute(e *execution) {
 	if lost := e.lost.Load(); lost != nil {
 		e.log.Info("durable: handler returned after its run was lost or cancelled; outcome dropped",
 			"cause", *lost, "handler_error", o.err)
+		return
+	}
+	if e.task.rt.suspended.Load() {
+		// The schema put the run to sleep and released its lease; the run
+		// is claimed again when it is due.
+		if errors.Is(o.err, ErrSuspended) {
+			e.log.Debug("durable: run suspended")
+		} else {
+			e.log.Warn("durable: handler did not return the suspension of its run; outcome dropped",
+				"handler_error", o.err, "panicked", o.panicked)
+		}
 		return
 	}
 
@@ -706,7 +749,7 @@ func (rs *runState) shutdown(endLife context.CancelCauseFunc) {
 		}
 		e.stopHB()
 		<-e.hbStopped
-		if e.lost.Load() != nil {
+		if e.lost.Load() != nil || e.task.rt.suspended.Load() {
 			continue
 		}
 		e.log.Error("durable: handler ignored its cancellation; abandoning it and failing its run for retry")

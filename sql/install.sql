@@ -1160,15 +1160,27 @@ select version < 3 as durable_pending from durable.schema_version \gset
 --
 -- Returns ('received', payload) when what the step waits for is there (the
 -- event's payload, or the child task's outcome), ('timed_out', null) once the
--- timeout has passed, or ('suspended', null) after suspending the run until
--- it is woken or the timeout passes. The first two are recorded as the step's
--- checkpoint, so a replay returns the same answer.
+-- timeout has passed since the step's first wait, or ('suspended', null) after
+-- suspending the run until it is woken or the timeout passes. The first two are
+-- recorded as the step's checkpoint, so a replay returns the same answer. A
+-- step has one wait row (durable.w_<queue>, keyed by task and step): a later
+-- attempt replaying the step takes it over with its timeout, so retries and
+-- lost leases do not restart the timeout.
+--
+-- Like every durable-execution call it first locks the caller's run
+-- (_lock_running_run), so only the task's running run gets an answer, replays
+-- included.
 --
 -- No lost wake-up: an event waiter and emit_event serialize on a transaction
 -- advisory lock on (queue, event name); a child waiter share-locks the child
--- task row, which every end of the child updates. Either lock is taken before
--- the waiter's own run, and wake-ups skip locked runs, so the two orders
--- never deadlock. Raises QD010, QD011, QD012 and QD013 (see _lock_running_run).
+-- task row, which every end of the child updates. The waiter takes that lock
+-- after its own run and reads what it waits for only then; wake-ups skip
+-- locked runs, and a run they skip is either not sleeping yet (its waiter then
+-- sees the event or end) or being claimed or cancelled. Taking the run first
+-- follows the order of a cancellation cascading from parent to child (the
+-- parent's run, then the child's task), so a parent awaiting its child never
+-- deadlocks with its own cancellation. Raises QD010, QD011, QD012 and QD013
+-- (see _lock_running_run).
 create or replace function durable._await(
   p_queue_name text,
   p_task_id uuid,
@@ -1182,12 +1194,15 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_w text := 'w_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_attempt integer;
   v_state jsonb;
   v_payload jsonb;
   v_timeout_at timestamptz;
 begin
+  v_attempt := durable._lock_running_run(p_queue_name, p_task_id, p_run_id, 'await');
+
   -- A replay: the step already resolved.
   execute format('select state from durable.%I where task_id = $1 and step_name = $2', 'c_' || p_queue_name)
     into v_state
@@ -1211,34 +1226,37 @@ begin
       using p_child_task_id;
   end if;
 
-  v_attempt := durable._lock_running_run(p_queue_name, p_task_id, p_run_id, 'await');
-
   if v_payload is not null then
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,
       jsonb_build_object('status', 'received', 'payload', v_payload), p_run_id, v_attempt, v_now);
-    execute format('delete from durable.%I where run_id = $1 and step_name = $2', 'w_' || p_queue_name)
-      using p_run_id, p_step_name;
+    execute format('delete from durable.%I where task_id = $1 and step_name = $2', v_w)
+      using p_task_id, p_step_name;
     return query select 'received'::text, v_payload;
     return;
   end if;
 
-  execute format('select timeout_at from durable.%I where run_id = $1 and step_name = $2', 'w_' || p_queue_name)
+  execute format('select timeout_at from durable.%I where task_id = $1 and step_name = $2', v_w)
     into v_timeout_at
-    using p_run_id, p_step_name;
+    using p_task_id, p_step_name;
   if v_timeout_at is not null and v_timeout_at <= v_now then
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,
       jsonb_build_object('status', 'timed_out'), p_run_id, v_attempt, v_now);
-    execute format('delete from durable.%I where run_id = $1 and step_name = $2', 'w_' || p_queue_name)
-      using p_run_id, p_step_name;
+    execute format('delete from durable.%I where task_id = $1 and step_name = $2', v_w)
+      using p_task_id, p_step_name;
     return query select 'timed_out'::text, null::jsonb;
     return;
   end if;
   if v_timeout_at is null then
     v_timeout_at := case when p_timeout_seconds is null then 'infinity'::timestamptz
                          else v_now + make_interval(secs => p_timeout_seconds) end;
-    execute format('insert into durable.%I (run_id, step_name, task_id, event_name, timeout_at, created_at)
-                    values ($1, $2, $3, $4, $5, $6)', 'w_' || p_queue_name)
-      using p_run_id, p_step_name, p_task_id, p_wait_name, v_timeout_at, v_now;
+    execute format('insert into durable.%I (task_id, step_name, run_id, event_name, timeout_at, created_at)
+                    values ($1, $2, $3, $4, $5, $6)', v_w)
+      using p_task_id, p_step_name, p_run_id, p_wait_name, v_timeout_at, v_now;
+  else
+    -- An earlier run of the task began this wait: this run takes it over.
+    execute format('update durable.%I set run_id = $3, event_name = $4
+                     where task_id = $1 and step_name = $2 and (run_id, event_name) is distinct from ($3, $4)', v_w)
+      using p_task_id, p_step_name, p_run_id, p_wait_name;
   end if;
   perform durable._suspend_run(p_queue_name, p_task_id, p_run_id, v_timeout_at);
   return query select 'suspended'::text, null::jsonb;
@@ -1639,10 +1657,11 @@ $$;
 -- waits for wait_name (an event name, or '$task:<id>' for a task's end)
 -- claimable now.
 --
--- Runs are locked with skip locked: a run that another transaction holds is
--- being claimed, cancelled or is itself deciding to wait (and then saw what it
--- waits for before locking its run), so it needs no wake-up, and a blocking
--- lock here could close a cycle with a cancellation cascading the other way.
+-- Runs are locked with skip locked: a sleeping run that another transaction
+-- holds is being claimed, cancelled or woken, so it needs no wake-up from here
+-- (a run still deciding to wait is running, not sleeping, and reads what it
+-- waits for only after this transaction ends: see _await), and a blocking lock
+-- here could close a cycle with a cancellation cascading the other way.
 -- Locks the runs, then their tasks. Raises nothing of its own.
 create or replace function durable._wake_waiters(p_queue_name text, p_wait_name text, p_now timestamptz)
 returns void
@@ -1763,15 +1782,19 @@ returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_exists boolean;
 begin
   perform durable._require_queue(p_queue_name);
   if p_step_name is null or p_step_name = '' or p_timeout_seconds < 0 or p_child_task_id is null then
     raise exception 'await_task_result needs a step name, a task id and a timeout of 0 seconds or more (task %)', p_task_id
       using errcode = 'QD006';
   end if;
-  execute format('select 1 from durable.%I where task_id = $1', 't_' || p_queue_name)
+  -- execute does not set found: read the answer into a variable.
+  execute format('select true from durable.%I where task_id = $1', 't_' || p_queue_name)
+    into v_exists
     using p_child_task_id;
-  if not found then
+  if v_exists is null then
     raise exception 'task % not found in queue %', p_child_task_id, quote_literal(p_queue_name)
       using errcode = 'QD020';
   end if;
@@ -2085,8 +2108,9 @@ $$;
 --                      task's running run; a newer attempt's row is never
 --                      overwritten by an older one.
 --   durable.e_<queue>  events: one row per name; the first emit wins.
---   durable.w_<queue>  waits: a run sleeping until an event (or a task's end,
---                      '$task:<id>') or its timeout.
+--   durable.w_<queue>  waits: one row per (task, step) waiting for an event
+--                      (or a task's end, '$task:<id>') until its timeout,
+--                      naming the run that sleeps on it (see _await).
 --
 -- Locks the queue's row in durable.queues, so concurrent calls for one queue
 -- serialize instead of failing on the catalog. Raises QD001
@@ -2193,13 +2217,13 @@ begin
     )$ddl$, 'e_' || p_queue_name);
   execute format($ddl$
     create table if not exists durable.%I (
-      run_id     uuid not null,
-      step_name  text not null,
       task_id    uuid not null,
+      step_name  text not null,
+      run_id     uuid not null,
       event_name text not null,
       timeout_at timestamptz not null,
       created_at timestamptz not null,
-      primary key (run_id, step_name)
+      primary key (task_id, step_name)
     )$ddl$, 'w_' || p_queue_name);
   execute format('create index if not exists %I on durable.%I (event_name)',
                  'w_' || p_queue_name || '_event', 'w_' || p_queue_name);
@@ -2537,6 +2561,7 @@ declare
   v_run_id uuid := gen_random_uuid();
   v_inserted integer;
   v_try integer;
+  v_parent_exists boolean;
 begin
   perform durable._require_queue(p_queue_name);
   if p_task_name is null or p_task_name = '' then
@@ -2556,9 +2581,11 @@ begin
     v_cancel_deadline := v_available_at + make_interval(secs => v_opts.o_max_delay);
   end if;
   if v_opts.o_parent_task_id is not null then
-    execute format('select 1 from durable.%I where task_id = $1', v_t)
+    -- execute does not set found: read the answer into a variable.
+    execute format('select true from durable.%I where task_id = $1', v_t)
+      into v_parent_exists
       using v_opts.o_parent_task_id;
-    if not found then
+    if v_parent_exists is null then
       raise exception 'parent task % not found in queue %', v_opts.o_parent_task_id, quote_literal(p_queue_name)
         using errcode = 'QD020',
               hint = 'A child task lives in its parent''s queue.';

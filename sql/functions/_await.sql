@@ -3,15 +3,27 @@
 --
 -- Returns ('received', payload) when what the step waits for is there (the
 -- event's payload, or the child task's outcome), ('timed_out', null) once the
--- timeout has passed, or ('suspended', null) after suspending the run until
--- it is woken or the timeout passes. The first two are recorded as the step's
--- checkpoint, so a replay returns the same answer.
+-- timeout has passed since the step's first wait, or ('suspended', null) after
+-- suspending the run until it is woken or the timeout passes. The first two are
+-- recorded as the step's checkpoint, so a replay returns the same answer. A
+-- step has one wait row (durable.w_<queue>, keyed by task and step): a later
+-- attempt replaying the step takes it over with its timeout, so retries and
+-- lost leases do not restart the timeout.
+--
+-- Like every durable-execution call it first locks the caller's run
+-- (_lock_running_run), so only the task's running run gets an answer, replays
+-- included.
 --
 -- No lost wake-up: an event waiter and emit_event serialize on a transaction
 -- advisory lock on (queue, event name); a child waiter share-locks the child
--- task row, which every end of the child updates. Either lock is taken before
--- the waiter's own run, and wake-ups skip locked runs, so the two orders
--- never deadlock. Raises QD010, QD011, QD012 and QD013 (see _lock_running_run).
+-- task row, which every end of the child updates. The waiter takes that lock
+-- after its own run and reads what it waits for only then; wake-ups skip
+-- locked runs, and a run they skip is either not sleeping yet (its waiter then
+-- sees the event or end) or being claimed or cancelled. Taking the run first
+-- follows the order of a cancellation cascading from parent to child (the
+-- parent's run, then the child's task), so a parent awaiting its child never
+-- deadlocks with its own cancellation. Raises QD010, QD011, QD012 and QD013
+-- (see _lock_running_run).
 create or replace function durable._await(
   p_queue_name text,
   p_task_id uuid,
@@ -25,12 +37,15 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_w text := 'w_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_attempt integer;
   v_state jsonb;
   v_payload jsonb;
   v_timeout_at timestamptz;
 begin
+  v_attempt := durable._lock_running_run(p_queue_name, p_task_id, p_run_id, 'await');
+
   -- A replay: the step already resolved.
   execute format('select state from durable.%I where task_id = $1 and step_name = $2', 'c_' || p_queue_name)
     into v_state
@@ -54,34 +69,37 @@ begin
       using p_child_task_id;
   end if;
 
-  v_attempt := durable._lock_running_run(p_queue_name, p_task_id, p_run_id, 'await');
-
   if v_payload is not null then
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,
       jsonb_build_object('status', 'received', 'payload', v_payload), p_run_id, v_attempt, v_now);
-    execute format('delete from durable.%I where run_id = $1 and step_name = $2', 'w_' || p_queue_name)
-      using p_run_id, p_step_name;
+    execute format('delete from durable.%I where task_id = $1 and step_name = $2', v_w)
+      using p_task_id, p_step_name;
     return query select 'received'::text, v_payload;
     return;
   end if;
 
-  execute format('select timeout_at from durable.%I where run_id = $1 and step_name = $2', 'w_' || p_queue_name)
+  execute format('select timeout_at from durable.%I where task_id = $1 and step_name = $2', v_w)
     into v_timeout_at
-    using p_run_id, p_step_name;
+    using p_task_id, p_step_name;
   if v_timeout_at is not null and v_timeout_at <= v_now then
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,
       jsonb_build_object('status', 'timed_out'), p_run_id, v_attempt, v_now);
-    execute format('delete from durable.%I where run_id = $1 and step_name = $2', 'w_' || p_queue_name)
-      using p_run_id, p_step_name;
+    execute format('delete from durable.%I where task_id = $1 and step_name = $2', v_w)
+      using p_task_id, p_step_name;
     return query select 'timed_out'::text, null::jsonb;
     return;
   end if;
   if v_timeout_at is null then
     v_timeout_at := case when p_timeout_seconds is null then 'infinity'::timestamptz
                          else v_now + make_interval(secs => p_timeout_seconds) end;
-    execute format('insert into durable.%I (run_id, step_name, task_id, event_name, timeout_at, created_at)
-                    values ($1, $2, $3, $4, $5, $6)', 'w_' || p_queue_name)
-      using p_run_id, p_step_name, p_task_id, p_wait_name, v_timeout_at, v_now;
+    execute format('insert into durable.%I (task_id, step_name, run_id, event_name, timeout_at, created_at)
+                    values ($1, $2, $3, $4, $5, $6)', v_w)
+      using p_task_id, p_step_name, p_run_id, p_wait_name, v_timeout_at, v_now;
+  else
+    -- An earlier run of the task began this wait: this run takes it over.
+    execute format('update durable.%I set run_id = $3, event_name = $4
+                     where task_id = $1 and step_name = $2 and (run_id, event_name) is distinct from ($3, $4)', v_w)
+      using p_task_id, p_step_name, p_run_id, p_wait_name;
   end if;
   perform durable._suspend_run(p_queue_name, p_task_id, p_run_id, v_timeout_at);
   return query select 'suspended'::text, null::jsonb;

@@ -2,10 +2,11 @@
 -- waits for wait_name (an event name, or '$task:<id>' for a task's end)
 -- claimable now.
 --
--- Runs are locked with skip locked: a run that another transaction holds is
--- being claimed, cancelled or is itself deciding to wait (and then saw what it
--- waits for before locking its run), so it needs no wake-up, and a blocking
--- lock here could close a cycle with a cancellation cascading the other way.
+-- Runs are locked with skip locked: a sleeping run that another transaction
+-- holds is being claimed, cancelled or woken, so it needs no wake-up from here
+-- (a run still deciding to wait is running, not sleeping, and reads what it
+-- waits for only after this transaction ends: see _await), and a blocking lock
+-- here could close a cycle with a cancellation cascading the other way.
 -- Locks the runs, then their tasks. Raises nothing of its own.
 create or replace function durable._wake_waiters(p_queue_name text, p_wait_name text, p_now timestamptz)
 returns void

@@ -22,8 +22,9 @@
 --                      task's running run; a newer attempt's row is never
 --                      overwritten by an older one.
 --   durable.e_<queue>  events: one row per name; the first emit wins.
---   durable.w_<queue>  waits: a run sleeping until an event (or a task's end,
---                      '$task:<id>') or its timeout.
+--   durable.w_<queue>  waits: one row per (task, step) waiting for an event
+--                      (or a task's end, '$task:<id>') until its timeout,
+--                      naming the run that sleeps on it (see _await).
 --
 -- Locks the queue's row in durable.queues, so concurrent calls for one queue
 -- serialize instead of failing on the catalog. Raises QD001
@@ -130,13 +131,13 @@ begin
     )$ddl$, 'e_' || p_queue_name);
   execute format($ddl$
     create table if not exists durable.%I (
-      run_id     uuid not null,
-      step_name  text not null,
       task_id    uuid not null,
+      step_name  text not null,
+      run_id     uuid not null,
       event_name text not null,
       timeout_at timestamptz not null,
       created_at timestamptz not null,
-      primary key (run_id, step_name)
+      primary key (task_id, step_name)
     )$ddl$, 'w_' || p_queue_name);
   execute format('create index if not exists %I on durable.%I (event_name)',
                  'w_' || p_queue_name || '_event', 'w_' || p_queue_name);

@@ -62,6 +62,7 @@ declare
   v_run_id uuid := gen_random_uuid();
   v_inserted integer;
   v_try integer;
+  v_parent_exists boolean;
 begin
   perform durable._require_queue(p_queue_name);
   if p_task_name is null or p_task_name = '' then
@@ -81,9 +82,11 @@ begin
     v_cancel_deadline := v_available_at + make_interval(secs => v_opts.o_max_delay);
   end if;
   if v_opts.o_parent_task_id is not null then
-    execute format('select 1 from durable.%I where task_id = $1', v_t)
+    -- execute does not set found: read the answer into a variable.
+    execute format('select true from durable.%I where task_id = $1', v_t)
+      into v_parent_exists
       using v_opts.o_parent_task_id;
-    if not found then
+    if v_parent_exists is null then
       raise exception 'parent task % not found in queue %', v_opts.o_parent_task_id, quote_literal(p_queue_name)
         using errcode = 'QD020',
               hint = 'A child task lives in its parent''s queue.';
