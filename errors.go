@@ -46,6 +46,9 @@ var (
 	// ErrTaskNotRetryable (QD015): only failed or cancelled tasks can be
 	// retried.
 	ErrTaskNotRetryable = errors.New("durable: task not retryable")
+	// ErrParentFinished (QD016): a child spawned under a parent that failed
+	// or was cancelled.
+	ErrParentFinished = errors.New("durable: parent task finished")
 	// ErrTaskNotFound (QD020): no task with that id in the queue.
 	ErrTaskNotFound = errors.New("durable: task not found")
 )
@@ -66,6 +69,7 @@ var sqlStates = map[string][]error{
 	"QD013": {ErrTaskCancelled, ErrRunNotRunning},
 	"QD014": {ErrKeyHeld},
 	"QD015": {ErrTaskNotRetryable},
+	"QD016": {ErrParentFinished},
 	"QD020": {ErrTaskNotFound},
 }
 

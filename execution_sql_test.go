@@ -694,10 +694,11 @@ func TestExecAwaitTimeout(t *testing.T) {
 	require.Equal(t, "running", exRun(t, tx, q, s.run).State)
 }
 
-// TestExecAwaitTimeoutCountsFromFirstWait: the timeout counts from the step's
-// first wait, whichever attempt replays it: an attempt that starts after it
-// passed gets timed_out at once, one that starts before waits only for the
-// rest, and takes over the wait (an emit wakes it).
+// TestExecAwaitTimeoutCountsFromFirstWait: while the task lives, the timeout
+// counts from the step's first wait, whichever attempt replays it: an attempt
+// that starts after it passed gets timed_out at once. A task that ended and is
+// revived by retry_task starts its waits afresh (its wait rows ended with it),
+// and the new attempt's wait is woken by an emit.
 func TestExecAwaitTimeoutCountsFromFirstWait(t *testing.T) {
 	t.Parallel()
 	t.Run("lease lost between the wake-up and the replay", func(t *testing.T) {
@@ -716,7 +717,7 @@ func TestExecAwaitTimeoutCountsFromFirstWait(t *testing.T) {
 		require.Equal(t, exAnswer{Status: "timed_out"}, exAwaitEvent(t, tx, q, s2, "step", "ev", exIntp(100)))
 		require.Zero(t, countRows(t, tx, "w_", q, ""))
 	})
-	t.Run("retried before the timeout", func(t *testing.T) {
+	t.Run("cancelled, then retried in place", func(t *testing.T) {
 		t.Parallel()
 		tx := testdb.Tx(t)
 		setNow(t, tx, t0)
@@ -724,13 +725,14 @@ func TestExecAwaitTimeoutCountsFromFirstWait(t *testing.T) {
 		s := exStart(t, tx, q, "")
 		require.Equal(t, "suspended", exAwaitEvent(t, tx, q, s, "step", "ev", exIntp(100)).Status)
 		require.Equal(t, "cancelled", cancelTask(t, tx, q, s.task))
+		require.Zero(t, countRows(t, tx, "w_", q, ""), "the cancelled task kept its wait")
 		setNow(t, tx, t0.Add(20*time.Second))
 		var r2 durable.UUID
 		require.NoError(t, tx.QueryRow(context.Background(), "select run_id from durable.retry_task($1, $2)", q, s.task).Scan(&r2))
 		require.Equal(t, r2, claimOne(t, tx, q).RunID)
 		s2 := exStarted{task: s.task, run: r2}
 		require.Equal(t, "suspended", exAwaitEvent(t, tx, q, s2, "step", "ev", exIntp(100)).Status)
-		requireTime(t, t0.Add(100*time.Second), exRun(t, tx, q, r2).AvailableAt)
+		requireTime(t, t0.Add(120*time.Second), exRun(t, tx, q, r2).AvailableAt)
 		require.Equal(t, 1, countRows(t, tx, "w_", q, "task_id = $1", s.task), "one wait per step")
 
 		setNow(t, tx, t0.Add(50*time.Second))
@@ -908,6 +910,65 @@ func TestExecChildSpawnOptions(t *testing.T) {
 	c := spawn(t, tx, spawnCall{queue: q, task: "c", options: fmt.Sprintf(`{"parent_task_id": %q}`, parent.TaskID)})
 	require.Equal(t, parent.TaskID.String(), *taskField(t, tx, q, c.TaskID, "parent_task_id"))
 	require.Equal(t, 2, countTasks(t, tx, q))
+
+	// A failed or cancelled parent takes no new children (QD016): the cascade
+	// that cancels children has already run.
+	q2 := newQueue(t, tx)
+	failed := spawn(t, tx, spawnCall{queue: q2, task: "p", options: `{"max_attempts": 1}`})
+	failRun(t, tx, q2, claimOne(t, tx, q2).RunID, `{"message": "boom"}`)
+	cancelled := spawn(t, tx, spawnCall{queue: q2, task: "p"})
+	require.Equal(t, "cancelled", cancelTask(t, tx, q2, cancelled.TaskID))
+	done := spawn(t, tx, spawnCall{queue: q2, task: "p"})
+	completeRun(t, tx, q2, claimOne(t, tx, q2).RunID, `1`)
+	for _, p := range []durable.UUID{cancelled.TaskID, failed.TaskID} {
+		e := requireFails(t, tx, "QD016", "select * from durable.spawn_task($1, 'c', '{}', false, null, $2::text::jsonb)",
+			q2, fmt.Sprintf(`{"parent_task_id": %q}`, p))
+		require.Contains(t, e.Message, p.String())
+	}
+	spawn(t, tx, spawnCall{queue: q2, task: "c", options: fmt.Sprintf(`{"parent_task_id": %q}`, done.TaskID)}) // a completed parent may
+}
+
+// TestExecRetryRestartsMaxDuration: an in-place retry is a new start, so the
+// task's max_duration counts again from the retry's first claim.
+func TestExecRetryRestartsMaxDuration(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	setNow(t, tx, t0)
+	q := newQueue(t, tx)
+	s := exStart(t, tx, q, `{"max_duration": 60, "max_attempts": 1}`)
+	failRun(t, tx, q, s.run, `{"message": "boom"}`)
+	require.Equal(t, "failed", taskResult(t, tx, q, s.task).state)
+
+	setNow(t, tx, t0.Add(time.Hour))
+	mustExec(t, tx, "select * from durable.retry_task($1, $2)", q, s.task)
+	claimed := claim(t, tx, q, "w1", 600, 1)
+	require.Len(t, claimed, 1)
+	r := claimed[0]
+	setNow(t, tx, t0.Add(time.Hour+59*time.Second))
+	claim(t, tx, q, "sweeper", 30, 1)
+	require.Equal(t, "running", taskResult(t, tx, q, s.task).state, "cancelled before its new deadline")
+	setNow(t, tx, t0.Add(time.Hour+61*time.Second))
+	claim(t, tx, q, "sweeper", 30, 1)
+	require.Equal(t, "cancelled", taskResult(t, tx, q, s.task).state, "the retry had no max_duration deadline")
+	require.Equal(t, `"max_duration"`, jsonField(t, exReason(t, tx, q, s.task), "name"))
+	require.Equal(t, "cancelled", exRun(t, tx, q, r.RunID).State)
+}
+
+// TestExecFinishedTaskLeavesNoWaits: however a waiting task ends, its wait
+// rows go with it.
+func TestExecFinishedTaskLeavesNoWaits(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	setNow(t, tx, t0)
+	q := newQueue(t, tx)
+	a := exStart(t, tx, q, "")
+	require.Equal(t, "suspended", exAwaitEvent(t, tx, q, a, "wait", "never", nil).Status)
+	b := exStart(t, tx, q, "")
+	require.Equal(t, "suspended", exAwaitEvent(t, tx, q, b, "wait", "never", nil).Status)
+	require.Equal(t, 2, countRows(t, tx, "w_", q, ""))
+	require.Equal(t, "cancelled", cancelTask(t, tx, q, a.task))
+	require.Equal(t, 1, countRows(t, tx, "w_", q, ""))
+	require.Equal(t, 1, countRows(t, tx, "w_", q, "task_id = $1", b.task))
 }
 
 // TestExecChildOutcomeWakesParent: however the awaited child ends (completed,

@@ -1598,9 +1598,10 @@ $$;
 
 -- function: _task_finished
 -- durable._task_finished(queue, task_id, state, now): what follows a task's
--- end, whatever ended it: runs waiting for it (await_task_result) wake, and
--- when it failed or was cancelled its unfinished children are cancelled, with
--- a reason naming it (recursively, through _cancel_task). The caller has
+-- end, whatever ended it: runs waiting for it (await_task_result) wake, its
+-- own waits are deleted, and when it failed or was cancelled its unfinished
+-- children are cancelled, with a reason naming it (recursively, through
+-- _cancel_task). The caller has
 -- locked and updated the task. Raises nothing of its own.
 create or replace function durable._task_finished(
   p_queue_name text,
@@ -1615,6 +1616,8 @@ declare
   v_child uuid;
 begin
   perform durable._wake_waiters(p_queue_name, '$task:' || p_task_id::text, p_now);
+  execute format('delete from durable.%I where task_id = $1', 'w_' || p_queue_name)
+    using p_task_id;
   if p_state in ('failed', 'cancelled') then
     for v_child in execute format('select task_id from durable.%I
                                     where parent_task_id = $1 and state in (''pending'', ''sleeping'', ''running'')
@@ -2270,7 +2273,9 @@ $$;
 -- Options (JSON object): "spawn_new" (boolean, default false) and
 -- "max_attempts" (integer >= 1). In place (the default), the task gets a new
 -- run, attempt n+1, and takes its idempotency key again; its max_attempts
--- becomes the option's value, or grows by one when the attempts are used up.
+-- becomes the option's value, or grows by one when the attempts are used up,
+-- its max_duration (if any) counts again from the retry's first start, and its
+-- awaits start afresh (its waits ended with it: _task_finished).
 -- If a newer live task holds the key meanwhile, the in-place retry fails with
 -- QD014 naming the holder: there are never two live holders of one key. With
 -- "spawn_new": true, the task's name, params, key and options are spawned as a
@@ -2379,7 +2384,7 @@ begin
     execute format('update durable.%I
                        set state = ''pending'', attempts = attempts + 1, last_attempt_run = $2,
                            max_attempts = $3, key_held = key_hash is not null,
-                           result = null, finished_at = null
+                           result = null, finished_at = null, first_started_at = null
                      where task_id = $1', v_t)
       using p_task_id, v_run_id,
             coalesce(v_max_attempts, greatest(v_task_max_attempts, v_attempts + 1));
@@ -2532,10 +2537,13 @@ $$;
 -- Options (see _spawn_options) may make the task a child of another task of
 -- the queue (parent_task_id) and give it a cancellation deadline (max_delay,
 -- max_duration, enforced by claim_task through an index, never by a scan).
+-- The parent's state is read without a lock: a spawn racing the parent's
+-- cancellation can create a child that the cascade does not see.
 --
 -- Raises QD001 (invalid_queue_name), QD002 (queue_not_found), QD003
 -- (invalid_task_name), QD004 (invalid_idempotency_key), QD005
--- (invalid_options), QD020 (task_not_found: no such parent task) and 40001
+-- (invalid_options), QD016 (parent_finished: the parent failed or was
+-- cancelled), QD020 (task_not_found: no such parent task) and 40001
 -- (serialization_failure); nothing is written then.
 create or replace function durable.spawn_task(
   p_queue_name text,
@@ -2561,7 +2569,7 @@ declare
   v_run_id uuid := gen_random_uuid();
   v_inserted integer;
   v_try integer;
-  v_parent_exists boolean;
+  v_parent_state text;
 begin
   perform durable._require_queue(p_queue_name);
   if p_task_name is null or p_task_name = '' then
@@ -2582,13 +2590,18 @@ begin
   end if;
   if v_opts.o_parent_task_id is not null then
     -- execute does not set found: read the answer into a variable.
-    execute format('select true from durable.%I where task_id = $1', v_t)
-      into v_parent_exists
+    execute format('select state from durable.%I where task_id = $1', v_t)
+      into v_parent_state
       using v_opts.o_parent_task_id;
-    if v_parent_exists is null then
+    if v_parent_state is null then
       raise exception 'parent task % not found in queue %', v_opts.o_parent_task_id, quote_literal(p_queue_name)
         using errcode = 'QD020',
               hint = 'A child task lives in its parent''s queue.';
+    elsif v_parent_state in ('failed', 'cancelled') then
+      raise exception 'parent task % in queue % is %: it takes no new children',
+        v_opts.o_parent_task_id, quote_literal(p_queue_name), v_parent_state
+        using errcode = 'QD016',
+              hint = 'A child of a failed or cancelled task would be cancelled at once; retry the parent first.';
     end if;
   end if;
 

@@ -1,7 +1,8 @@
 -- durable._task_finished(queue, task_id, state, now): what follows a task's
--- end, whatever ended it: runs waiting for it (await_task_result) wake, and
--- when it failed or was cancelled its unfinished children are cancelled, with
--- a reason naming it (recursively, through _cancel_task). The caller has
+-- end, whatever ended it: runs waiting for it (await_task_result) wake, its
+-- own waits are deleted, and when it failed or was cancelled its unfinished
+-- children are cancelled, with a reason naming it (recursively, through
+-- _cancel_task). The caller has
 -- locked and updated the task. Raises nothing of its own.
 create or replace function durable._task_finished(
   p_queue_name text,
@@ -16,6 +17,8 @@ declare
   v_child uuid;
 begin
   perform durable._wake_waiters(p_queue_name, '$task:' || p_task_id::text, p_now);
+  execute format('delete from durable.%I where task_id = $1', 'w_' || p_queue_name)
+    using p_task_id;
   if p_state in ('failed', 'cancelled') then
     for v_child in execute format('select task_id from durable.%I
                                     where parent_task_id = $1 and state in (''pending'', ''sleeping'', ''running'')

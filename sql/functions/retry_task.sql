@@ -4,7 +4,9 @@
 -- Options (JSON object): "spawn_new" (boolean, default false) and
 -- "max_attempts" (integer >= 1). In place (the default), the task gets a new
 -- run, attempt n+1, and takes its idempotency key again; its max_attempts
--- becomes the option's value, or grows by one when the attempts are used up.
+-- becomes the option's value, or grows by one when the attempts are used up,
+-- its max_duration (if any) counts again from the retry's first start, and its
+-- awaits start afresh (its waits ended with it: _task_finished).
 -- If a newer live task holds the key meanwhile, the in-place retry fails with
 -- QD014 naming the holder: there are never two live holders of one key. With
 -- "spawn_new": true, the task's name, params, key and options are spawned as a
@@ -113,7 +115,7 @@ begin
     execute format('update durable.%I
                        set state = ''pending'', attempts = attempts + 1, last_attempt_run = $2,
                            max_attempts = $3, key_held = key_hash is not null,
-                           result = null, finished_at = null
+                           result = null, finished_at = null, first_started_at = null
                      where task_id = $1', v_t)
       using p_task_id, v_run_id,
             coalesce(v_max_attempts, greatest(v_task_max_attempts, v_attempts + 1));

@@ -33,10 +33,13 @@
 -- Options (see _spawn_options) may make the task a child of another task of
 -- the queue (parent_task_id) and give it a cancellation deadline (max_delay,
 -- max_duration, enforced by claim_task through an index, never by a scan).
+-- The parent's state is read without a lock: a spawn racing the parent's
+-- cancellation can create a child that the cascade does not see.
 --
 -- Raises QD001 (invalid_queue_name), QD002 (queue_not_found), QD003
 -- (invalid_task_name), QD004 (invalid_idempotency_key), QD005
--- (invalid_options), QD020 (task_not_found: no such parent task) and 40001
+-- (invalid_options), QD016 (parent_finished: the parent failed or was
+-- cancelled), QD020 (task_not_found: no such parent task) and 40001
 -- (serialization_failure); nothing is written then.
 create or replace function durable.spawn_task(
   p_queue_name text,
@@ -62,7 +65,7 @@ declare
   v_run_id uuid := gen_random_uuid();
   v_inserted integer;
   v_try integer;
-  v_parent_exists boolean;
+  v_parent_state text;
 begin
   perform durable._require_queue(p_queue_name);
   if p_task_name is null or p_task_name = '' then
@@ -83,13 +86,18 @@ begin
   end if;
   if v_opts.o_parent_task_id is not null then
     -- execute does not set found: read the answer into a variable.
-    execute format('select true from durable.%I where task_id = $1', v_t)
-      into v_parent_exists
+    execute format('select state from durable.%I where task_id = $1', v_t)
+      into v_parent_state
       using v_opts.o_parent_task_id;
-    if v_parent_exists is null then
+    if v_parent_state is null then
       raise exception 'parent task % not found in queue %', v_opts.o_parent_task_id, quote_literal(p_queue_name)
         using errcode = 'QD020',
               hint = 'A child task lives in its parent''s queue.';
+    elsif v_parent_state in ('failed', 'cancelled') then
+      raise exception 'parent task % in queue % is %: it takes no new children',
+        v_opts.o_parent_task_id, quote_literal(p_queue_name), v_parent_state
+        using errcode = 'QD016',
+              hint = 'A child of a failed or cancelled task would be cancelled at once; retry the parent first.';
     end if;
   end if;
 
