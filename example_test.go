@@ -225,3 +225,82 @@ func examplePool() *pgxpool.Pool {
 func exampleQueueName(base string) string {
 	return fmt.Sprintf("%s_%d", base, exampleSeq.Add(1))
 }
+
+// A checkout charges a card, then waits for the warehouse's "packed" event.
+// Its first attempt crashes after the charge; the retry replays the handler,
+// and Step returns the recorded charge instead of charging again. While it
+// waits for the event the run is suspended: the worker's slot is free, and
+// the event wakes it.
+func ExampleStep() {
+	ctx := context.Background()
+	client, err := durable.New(examplePool(), &durable.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("checkout")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+	worker, err := client.NewWorker(durable.WorkerConfig{Queue: queue, PollInterval: 20 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var charges atomic.Int32
+	worker.Register("checkout", func(ctx context.Context, t *durable.Task) (any, error) {
+		chargeID, err := durable.Step(ctx, t, "charge", func(ctx context.Context) (string, error) {
+			charges.Add(1)
+			return "ch_1", nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if t.Attempt == 1 {
+			return nil, errors.New("crashed after charging")
+		}
+		packed, err := t.AwaitEvent(ctx, "packed", "packed:order-9", time.Minute)
+		if err != nil {
+			return nil, err // ErrSuspended: the run sleeps until the event
+		}
+		return map[string]any{"charge": chargeID, "packed": packed}, nil
+	})
+	runCtx, stopWorker := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = worker.Run(runCtx) })
+	defer func() {
+		stopWorker()
+		wg.Wait()
+	}()
+
+	spawned, err := client.Spawn(ctx, queue, "checkout", nil, &durable.SpawnOptions{
+		RetryStrategy: &durable.RetryStrategy{Kind: durable.RetryNone},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for { // wait until the second attempt is suspended on the event
+		r, err := client.GetTaskResult(ctx, queue, spawned.TaskID)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if r.State == durable.StateSleeping && r.FailureReason != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := client.EmitEvent(ctx, queue, "packed:order-9", map[string]string{"box": "B7"}); err != nil {
+		log.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r, err := client.WaitForResult(waitCtx, queue, spawned.TaskID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("state:", r.State)
+	fmt.Println("result:", string(r.Result))
+	fmt.Println("charges made:", charges.Load())
+	// Output:
+	// state: completed
+	// result: {"charge": "ch_1", "packed": {"box": "B7"}}
+	// charges made: 1
+}
