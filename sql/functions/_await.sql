@@ -34,7 +34,6 @@ create or replace function durable._await(
   p_child_task_id uuid)
 returns table (status text, payload jsonb)
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_w text := 'w_' || p_queue_name;

@@ -16,7 +16,6 @@ create or replace function durable._cancel_task(
   p_skip_locked boolean)
 returns text
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_t text := 't_' || p_queue_name;

@@ -9,7 +9,6 @@
 create or replace function durable._lock_running_run(p_queue_name text, p_task_id uuid, p_run_id uuid, p_action text)
 returns integer
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_attempt integer;

@@ -3,7 +3,6 @@
 create or replace function durable._raise_key_held(p_queue_name text, p_task_id uuid, p_holder uuid)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
   raise exception 'cannot retry task % of queue % in place: its idempotency key is held by live task %',

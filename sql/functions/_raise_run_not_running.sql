@@ -8,7 +8,6 @@
 create or replace function durable._raise_run_not_running(p_queue_name text, p_run_id uuid, p_action text)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_state text;

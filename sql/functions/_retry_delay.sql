@@ -5,7 +5,6 @@ create or replace function durable._retry_delay(p_strategy jsonb, p_failed_attem
 returns double precision
 language plpgsql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_base double precision := coalesce((p_strategy ->> 'base_seconds')::double precision, 1);

@@ -12,7 +12,6 @@ create or replace function durable._retry_strategy(p_strategy jsonb)
 returns jsonb
 language plpgsql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_kind text;

@@ -17,7 +17,6 @@ create or replace function durable._schedule_retry(
   p_now timestamptz)
 returns text
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_t text := 't_' || p_queue_name;

@@ -27,7 +27,6 @@ create or replace function durable._spawn_options(
   out o_max_duration integer)
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_known constant text[] := array['max_attempts', 'retry_strategy', 'headers', 'available_at',

@@ -10,7 +10,6 @@ create or replace function durable._suspend_run(
   p_wake_at timestamptz)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
   execute format('update durable.%I

@@ -11,14 +11,14 @@ create or replace function durable._task_finished(
   p_now timestamptz)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_child uuid;
 begin
   perform durable._wake_waiters(p_queue_name, '$task:' || p_task_id::text, p_now);
-  execute format('delete from durable.%I where task_id = $1', 'w_' || p_queue_name)
-    using p_task_id;
+  execute format('execute %I(%L)',
+    durable._prepared(p_queue_name, 'unwait', '(uuid)', 'delete from durable.%5$I where task_id = $1'),
+    p_task_id);
   if p_state in ('failed', 'cancelled') then
     for v_child in execute format('select task_id from durable.%I
                                     where parent_task_id = $1 and state in (''pending'', ''sleeping'', ''running'')

@@ -5,7 +5,6 @@ create or replace function durable._validate_event_name(p_event_name text)
 returns void
 language plpgsql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_event_name is null or p_event_name = '' or left(p_event_name, 1) = '$' then

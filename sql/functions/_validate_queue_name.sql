@@ -7,7 +7,6 @@ create or replace function durable._validate_queue_name(p_queue_name text)
 returns void
 language plpgsql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_queue_name is null

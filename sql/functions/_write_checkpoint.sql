@@ -12,7 +12,6 @@ create or replace function durable._write_checkpoint(
   p_now timestamptz)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
   execute format($sql$

@@ -20,6 +20,7 @@ create or replace function durable.await_event(
 returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
   perform durable._require_queue(p_queue_name);

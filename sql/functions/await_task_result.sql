@@ -18,6 +18,7 @@ create or replace function durable.await_task_result(
 returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_exists boolean;

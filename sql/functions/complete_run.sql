@@ -2,7 +2,9 @@
 -- completes its task, which frees the task's key and wakes the runs waiting
 -- for the task (await_task_result).
 --
--- Only a running run whose lease has not expired can complete. Locks the run,
+-- The result is stored on the task (get_task_result reads it there). Only a
+-- running run whose lease has not expired can complete. Its statements are
+-- prepared once per session (_prepared) and run with generic plans. Locks the run,
 -- then the task (the order every function keeps). Raises QD001, QD002, QD010
 -- (run_not_found), QD011 (run_not_running), QD012 (lease_lost) and QD013
 -- (task_cancelled); nothing is written then.
@@ -13,26 +15,29 @@ create or replace function durable.complete_run(
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := durable.current_time();
   v_task_id uuid;
 begin
   perform durable._require_queue(p_queue_name);
-  execute format('update durable.%I
-                     set state = ''completed'', result = $2, finished_at = $3
-                   where run_id = $1 and state = ''running'' and claim_expires_at > $3
-                  returning task_id', 'r_' || p_queue_name)
-    into v_task_id
-    using p_run_id, p_result, v_now;
+  execute format('execute %I(%L, %L)',
+    durable._prepared(p_queue_name, 'complete_run', '(uuid, timestamptz)',
+      'update durable.%2$I set state = ''completed'', finished_at = $2
+        where run_id = $1 and state = ''running'' and claim_expires_at > $2
+       returning task_id'),
+    p_run_id, v_now)
+    into v_task_id;
   if v_task_id is null then
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'complete');
   end if;
-  execute format('update durable.%I
-                     set state = ''completed'', result = $2, finished_at = $3, key_held = false,
-                         cancel_deadline = null
-                   where task_id = $1', 't_' || p_queue_name)
-    using v_task_id, p_result, v_now;
+  execute format('execute %I(%L, %L, %L)',
+    durable._prepared(p_queue_name, 'complete_task', '(uuid, jsonb, timestamptz)',
+      'update durable.%1$I
+          set state = ''completed'', result = $2, finished_at = $3, key_held = false, cancel_deadline = null
+        where task_id = $1'),
+    v_task_id, p_result, v_now);
   perform durable._task_finished(p_queue_name, v_task_id, 'completed', v_now);
 end;
 $$;

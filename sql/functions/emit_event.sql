@@ -14,6 +14,7 @@ create or replace function durable.emit_event(
 returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := durable.current_time();

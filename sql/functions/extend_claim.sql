@@ -11,6 +11,7 @@ create or replace function durable.extend_claim(
 returns timestamptz
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -21,12 +22,13 @@ begin
     raise exception 'extend_by must be at least 1 second, got %', coalesce(p_extend_by::text, 'NULL')
       using errcode = 'QD006';
   end if;
-  execute format('update durable.%I
-                     set claim_expires_at = $2 + make_interval(secs => $3)
-                   where run_id = $1 and state = ''running'' and claim_expires_at > $2
-                  returning claim_expires_at', 'r_' || p_queue_name)
-    into v_expires
-    using p_run_id, v_now, p_extend_by;
+  execute format('execute %I(%L, %L, %L)',
+    durable._prepared(p_queue_name, 'extend', '(uuid, timestamptz, integer)',
+      'update durable.%2$I set claim_expires_at = $2 + make_interval(secs => $3)
+        where run_id = $1 and state = ''running'' and claim_expires_at > $2
+       returning claim_expires_at'),
+    p_run_id, v_now, p_extend_by)
+    into v_expires;
   if v_expires is null then
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'extend');
   end if;

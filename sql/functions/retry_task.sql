@@ -23,6 +23,7 @@ create or replace function durable.retry_task(
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean, state text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_t text := 't_' || p_queue_name;

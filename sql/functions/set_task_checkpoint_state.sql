@@ -17,6 +17,7 @@ create or replace function durable.set_task_checkpoint_state(
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := durable.current_time();

@@ -16,6 +16,7 @@ create or replace function durable.sleep_until(
 returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := durable.current_time();

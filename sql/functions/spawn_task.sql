@@ -20,7 +20,8 @@
 -- are ignored.
 --
 -- Why it is race-free. Each try first looks the key up with a plain read (no
--- lock, so it never waits for a worker holding the task), then inserts with
+-- lock, so it never waits for a worker holding the task; a statement prepared
+-- once per session, see _prepared), then inserts with
 -- on conflict do nothing on the unique index. If another transaction has
 -- inserted the key and not committed, the insert waits for it: after a commit
 -- it does nothing and the next lookup (a fresh snapshot at read committed)
@@ -51,6 +52,7 @@ create or replace function durable.spawn_task(
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean, state text)
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_t text := 't_' || p_queue_name;
@@ -124,11 +126,12 @@ begin
 
   for v_try in 1 .. 5 loop
     -- The key is held: hand back the holder, write nothing.
-    return query execute format(
-      'select t.task_id, t.last_attempt_run, t.attempts, false, t.state
-         from durable.%I t
-        where t.task_name = $1 and t.key_hash = $2 and t.key_held', v_t)
-      using p_task_name, v_key_hash;
+    return query execute format('execute %I(%L, %L)',
+      durable._prepared(p_queue_name, 'holder', '(text, bytea)',
+        'select t.task_id, t.last_attempt_run, t.attempts, false, t.state
+           from durable.%1$I t
+          where t.task_name = $1 and t.key_hash = $2 and t.key_held'),
+      p_task_name, v_key_hash);
     if found then
       return;
     end if;
