@@ -2917,6 +2917,11 @@ $$;
 -- execute format('execute %I(%L, ...)', name, args...), so only small values
 -- should go through it (every argument is quoted into the call's text).
 --
+-- Callers run with plan_cache_mode = force_generic_plan, so the plan is made
+-- once, and enable_seqscan = off, so it does not depend on how big the table
+-- happened to be then: a plan made on an empty queue would otherwise scan it
+-- forever after. Every such statement is meant to be index-driven.
+--
 -- The session remembers what it prepared in the setting
 -- durable.prepared.<name>. PREPARE is not transactional and the setting is:
 -- a statement prepared by a transaction that rolled back is found again
@@ -3518,6 +3523,7 @@ returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 begin
   perform durable._require_queue(p_queue_name);
@@ -3554,6 +3560,7 @@ returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_exists boolean;
@@ -3594,6 +3601,7 @@ returns text
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_state text;
@@ -3653,6 +3661,7 @@ returns table (
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -3773,6 +3782,7 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -3838,6 +3848,7 @@ returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -3874,6 +3885,7 @@ returns timestamptz
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -3918,6 +3930,7 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -3970,6 +3983,7 @@ returns table (task_id uuid, run_id uuid, attempt integer, created boolean, stat
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_t text := 't_' || p_queue_name;
@@ -4102,6 +4116,7 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -4149,6 +4164,7 @@ returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -4237,6 +4253,7 @@ returns table (task_id uuid, run_id uuid, attempt integer, created boolean, stat
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_t text := 't_' || p_queue_name;

@@ -11,6 +11,11 @@
 -- execute format('execute %I(%L, ...)', name, args...), so only small values
 -- should go through it (every argument is quoted into the call's text).
 --
+-- Callers run with plan_cache_mode = force_generic_plan, so the plan is made
+-- once, and enable_seqscan = off, so it does not depend on how big the table
+-- happened to be then: a plan made on an empty queue would otherwise scan it
+-- forever after. Every such statement is meant to be index-driven.
+--
 -- The session remembers what it prepared in the setting
 -- durable.prepared.<name>. PREPARE is not transactional and the setting is:
 -- a statement prepared by a transaction that rolled back is found again

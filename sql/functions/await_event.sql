@@ -21,6 +21,7 @@ returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 begin
   perform durable._require_queue(p_queue_name);

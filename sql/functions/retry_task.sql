@@ -24,6 +24,7 @@ returns table (task_id uuid, run_id uuid, attempt integer, created boolean, stat
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_t text := 't_' || p_queue_name;

@@ -231,6 +231,11 @@ $$;
 -- execute format('execute %I(%L, ...)', name, args...), so only small values
 -- should go through it (every argument is quoted into the call's text).
 --
+-- Callers run with plan_cache_mode = force_generic_plan, so the plan is made
+-- once, and enable_seqscan = off, so it does not depend on how big the table
+-- happened to be then: a plan made on an empty queue would otherwise scan it
+-- forever after. Every such statement is meant to be index-driven.
+--
 -- The session remembers what it prepared in the setting
 -- durable.prepared.<name>. PREPARE is not transactional and the setting is:
 -- a statement prepared by a transaction that rolled back is found again
@@ -832,6 +837,7 @@ returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 begin
   perform durable._require_queue(p_queue_name);
@@ -868,6 +874,7 @@ returns table (status text, payload jsonb)
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_exists boolean;
@@ -908,6 +915,7 @@ returns text
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_state text;
@@ -967,6 +975,7 @@ returns table (
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1087,6 +1096,7 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1152,6 +1162,7 @@ returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1188,6 +1199,7 @@ returns timestamptz
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1232,6 +1244,7 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1284,6 +1297,7 @@ returns table (task_id uuid, run_id uuid, attempt integer, created boolean, stat
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_t text := 't_' || p_queue_name;
@@ -1416,6 +1430,7 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1463,6 +1478,7 @@ returns boolean
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
@@ -1551,6 +1567,7 @@ returns table (task_id uuid, run_id uuid, attempt integer, created boolean, stat
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
   v_t text := 't_' || p_queue_name;
