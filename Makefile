@@ -32,6 +32,7 @@ lint: sql/verify
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## bench: pgbench scenarios beside their physical references (BENCH_SECONDS, BENCH_CYCLES, BENCH_FINISHED)
+## bench: pgbench scenarios beside their physical references, then durable's Go worker beside River
+## (BENCH_SECONDS, BENCH_CYCLES, BENCH_FINISHED, BENCH_JOBS)
 bench:
-	scripts/pg.sh scripts/bench.sh
+	scripts/pg.sh sh -c 'scripts/bench.sh && scripts/bench-go.sh'
