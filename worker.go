@@ -13,6 +13,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // WorkerConfig configures a Worker. Zero fields take their defaults.
@@ -31,11 +34,24 @@ type WorkerConfig struct {
 	// must be shorter than ClaimTimeout. Defaults to ClaimTimeout / 3.
 	HeartbeatInterval time.Duration
 	// PollInterval is how long an idle worker waits before looking for work
-	// again. Defaults to 250ms.
+	// again, unless a notification wakes it sooner (see DisableNotify).
+	// Defaults to 250ms.
 	PollInterval time.Duration
 	// DrainTimeout is how long Run waits, after its context ends, for
 	// in-flight handlers before cancelling them. Defaults to 30s.
 	DrainTimeout time.Duration
+	// DisableNotify turns off the wake-ups by LISTEN/NOTIFY, leaving polling
+	// every PollInterval as the only way the worker finds new work. By
+	// default (false) the worker keeps one connection of its own, taken out
+	// of the client's *pgxpool.Pool (which opens another in its place),
+	// listening on the channel durable_<queue>, which the schema notifies
+	// whenever a run of the queue becomes claimable now; the worker then
+	// claims at once, and still polls for runs that become due by the clock.
+	// When that connection cannot be had or is lost, the worker polls and
+	// tries to listen again with backoff. Set DisableNotify when the database
+	// is reached through a transaction-mode pooler (PgBouncer's
+	// pool_mode=transaction), where LISTEN does not work.
+	DisableNotify bool
 	// Logger receives the worker's logs. Defaults to the client's logger.
 	Logger *slog.Logger
 }
@@ -60,6 +76,26 @@ const (
 	// finishAttempts is how many times a complete_run or fail_run call that
 	// failed without reaching the schema (a connection error) is tried.
 	finishAttempts = 3
+
+	// completeBatch is the most runs one complete_runs call completes.
+	completeBatch = 100
+	// completeFlushes is how many complete_runs calls may be in flight at
+	// once; completions that arrive meanwhile wait and go together in the
+	// next call.
+	completeFlushes = 2
+	// completeBacklog is how many completions may wait for a complete_runs
+	// call before handlers that return keep their slots until there is room.
+	completeBacklog = 8 * completeBatch
+
+	// listenRetryMin and listenRetryMax bound the backoff between attempts
+	// to listen for notifications.
+	listenRetryMin = time.Second
+	listenRetryMax = time.Minute
+	// listenCheckInterval is how long the listening connection may stay
+	// silent before it is pinged, so that a dead connection is noticed.
+	listenCheckInterval = 30 * time.Second
+	// listenTimeout bounds taking the listening connection and each ping.
+	listenTimeout = 10 * time.Second
 )
 
 // Task is a claimed run as its handler sees it. Beyond its fields, it makes
@@ -304,6 +340,12 @@ func HandleTask[P, R any](w *Worker, def TaskDef[P, R], fn func(ctx context.Cont
 // at most ClaimTimeout) and its runs are drained with the others, so that no
 // lease is left to expire. Claim errors are logged and retried with backoff;
 // Run returns an error only when the worker is already running.
+//
+// When the queue runs dry, Run waits PollInterval before claiming again, or
+// less: a notification that a run became claimable wakes it at once (see
+// DisableNotify). The results of handlers that succeed are recorded in
+// batches, many runs per durable.complete_runs call, each call starting as
+// soon as an earlier one is done; Run returns once every result is recorded.
 func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	if w.running {
@@ -332,10 +374,23 @@ func (w *Worker) Run(ctx context.Context) error {
 		life:     life,
 		inflight: map[*execution]struct{}{},
 		freed:    make(chan struct{}, 1),
+		wake:     make(chan struct{}, 1),
 	}
-	w.logger.Info("durable: worker started", "concurrency", w.cfg.Concurrency)
+	rs.completer = newCompleter(rs)
+	w.logger.Info("durable: worker started", "concurrency", w.cfg.Concurrency, "notify", !w.cfg.DisableNotify)
+	listening := make(chan struct{})
+	if w.cfg.DisableNotify {
+		close(listening)
+	} else {
+		go func() {
+			defer close(listening)
+			rs.listen(ctx)
+		}()
+	}
 	rs.claimLoop(ctx)
 	rs.shutdown(endLife)
+	rs.completer.stop()
+	<-listening
 	return nil
 }
 
@@ -349,6 +404,9 @@ type runState struct {
 	mu       sync.Mutex
 	inflight map[*execution]struct{}
 	freed    chan struct{} // signalled (without blocking) when a run ends
+	wake     chan struct{} // signalled (without blocking) by a notification
+
+	completer *completer
 }
 
 // execution is one claimed run being handled.
@@ -402,7 +460,19 @@ func (rs *runState) claimLoop(ctx context.Context) {
 		if len(runs) == n {
 			continue // there may be more: claim again at once
 		}
-		sleep(ctx, w.cfg.PollInterval)
+		rs.idle(ctx)
+	}
+}
+
+// idle waits PollInterval, or until a notification says that a run became
+// claimable, or ctx ends.
+func (rs *runState) idle(ctx context.Context) {
+	t := time.NewTimer(rs.w.cfg.PollInterval)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-rs.wake:
 	}
 }
 
@@ -654,18 +724,25 @@ func (rs *runState) execute(e *execution) {
 		e.log.Warn("durable: handler failed", "error", o.err, "retryable", reason.Retryable == nil)
 		rs.fail(e, reason, time.Time{})
 	default:
-		err := rs.finish(e, "complete", func(ctx context.Context) error {
-			return w.client.CompleteRun(ctx, w.cfg.Queue, e.run.RunID, o.result)
-		})
-		if errors.Is(err, ErrInvalidArgument) {
+		result, err := encodeJSON("result", o.result)
+		if err != nil {
 			// The result is not JSON; it would not be on a retry either.
 			e.log.Error("durable: handler result cannot be stored", "error", err)
 			rs.fail(e, failureReason{Name: "invalid_result", Message: err.Error(), Retryable: notRetryable}, time.Time{})
 			return
 		}
-		if err == nil {
-			e.log.Debug("durable: run completed")
-		}
+		rs.completer.add(e, result)
+	}
+}
+
+// complete completes e's run on its own, through complete_run.
+func (rs *runState) complete(e *execution, result []byte) {
+	w := rs.w
+	err := rs.finish(e, "complete", func(ctx context.Context) error {
+		return w.client.CompleteRun(ctx, w.cfg.Queue, e.run.RunID, json.RawMessage(result))
+	})
+	if err == nil {
+		e.log.Debug("durable: run completed")
 	}
 }
 
@@ -703,6 +780,13 @@ func (rs *runState) finish(e *execution, what string, f func(ctx context.Context
 		e.log.Warn("durable: could not record the run's outcome; retrying", "action", what, "error", err)
 		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
 	}
+	logOutcomeError(e, what, err)
+	return err
+}
+
+// logOutcomeError logs err, the final error of recording e's outcome (what
+// is "complete" or "fail"), if there is one.
+func logOutcomeError(e *execution, what string, err error) {
 	var de *Error
 	switch {
 	case err == nil:
@@ -717,7 +801,6 @@ func (rs *runState) finish(e *execution, what string, f func(ctx context.Context
 		e.log.Error("durable: could not record the run's outcome; the task is retried when its lease expires",
 			"action", what, "error", err)
 	}
-	return err
 }
 
 // shutdown stops the in-flight handlers after Run's ctx ended: it waits up to
@@ -770,4 +853,253 @@ func (rs *runState) wait(d time.Duration) bool {
 		}
 	}
 	return true
+}
+
+// completer records the results of handlers that succeeded, many runs per
+// durable.complete_runs call. A call starts as soon as one of the
+// completeFlushes allowed in flight is free; results that arrive while none is
+// wait in a backlog and go together in the next call, up to completeBatch. So
+// a lone result is sent at once, and under load the calls grow with the load.
+type completer struct {
+	rs *runState
+
+	mu      sync.Mutex
+	room    *sync.Cond // broadcast when the backlog shrinks or the completer closes
+	backlog []pendingCompletion
+	closed  bool // stop was called: add completes runs on their own
+
+	kick  chan struct{}  // signalled (without blocking) by add and stop
+	slots chan struct{}  // one token per complete_runs call in flight
+	calls sync.WaitGroup // complete_runs calls in flight
+	done  chan struct{}  // closed when loop has returned
+}
+
+// pendingCompletion is a result waiting to be recorded.
+type pendingCompletion struct {
+	e      *execution
+	result []byte // JSON
+}
+
+func newCompleter(rs *runState) *completer {
+	c := &completer{
+		rs:    rs,
+		kick:  make(chan struct{}, 1),
+		slots: make(chan struct{}, completeFlushes),
+		done:  make(chan struct{}),
+	}
+	c.room = sync.NewCond(&c.mu)
+	go c.loop()
+	return c
+}
+
+// add queues the result of e's run. While the backlog is full it waits, so
+// that the handler keeps its slot and the worker claims no more than it can
+// record. Once the completer is stopped, it completes the run on its own.
+func (c *completer) add(e *execution, result []byte) {
+	c.mu.Lock()
+	for len(c.backlog) >= completeBacklog && !c.closed {
+		c.room.Wait()
+	}
+	if c.closed {
+		c.mu.Unlock()
+		c.rs.complete(e, result)
+		return
+	}
+	c.backlog = append(c.backlog, pendingCompletion{e: e, result: result})
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// stop records what is queued, waits for the calls in flight and returns;
+// results added afterwards are completed one by one.
+func (c *completer) stop() {
+	c.mu.Lock()
+	c.closed = true
+	c.room.Broadcast()
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	<-c.done
+}
+
+// take removes up to completeBatch results from the backlog.
+func (c *completer) take() (batch []pendingCompletion, closed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := min(len(c.backlog), completeBatch); n > 0 {
+		batch = append([]pendingCompletion(nil), c.backlog[:n]...)
+		c.backlog = append(c.backlog[:0], c.backlog[n:]...)
+		c.room.Broadcast()
+	}
+	return batch, c.closed
+}
+
+// loop starts a complete_runs call whenever there are results and a call
+// may start, until the completer is stopped and the backlog is empty.
+func (c *completer) loop() {
+	defer close(c.done)
+	for range c.kick {
+		for {
+			c.slots <- struct{}{} // wait until a call may start
+			batch, closed := c.take()
+			if len(batch) == 0 {
+				<-c.slots
+				if closed {
+					c.calls.Wait()
+					return
+				}
+				break // wait for the next add
+			}
+			c.calls.Add(1)
+			go func() {
+				defer c.calls.Done()
+				defer func() { <-c.slots }()
+				c.flush(batch)
+			}()
+		}
+	}
+}
+
+// flush completes batch through complete_runs, with its own timeout (Run's
+// ctx may be over), retrying errors that did not come from the schema. Each
+// run that was not completed is logged as a failed complete_run is; a run
+// another transaction held locked is completed again on its own, by
+// complete_run, which waits for the lock.
+func (c *completer) flush(batch []pendingCompletion) {
+	rs := c.rs
+	w := rs.w
+	runs := make([]runCompletion, len(batch))
+	for i, p := range batch {
+		runs[i] = runCompletion{runID: p.e.run.RunID, result: p.result}
+	}
+	var rows []runCompleted
+	var err error
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(rs.base, finishTimeout)
+		rows, err = w.client.completeRuns(ctx, w.cfg.Queue, runs)
+		cancel()
+		var de *Error
+		if err == nil || errors.As(err, &de) || attempt == finishAttempts {
+			break
+		}
+		w.logger.Warn("durable: could not record the runs' outcomes; retrying",
+			"action", "complete", "runs", len(batch), "error", err)
+		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
+	}
+	for i, p := range batch {
+		switch {
+		case err != nil:
+			logOutcomeError(p.e, "complete", err)
+		case rows[i].RunID != p.e.run.RunID:
+			logOutcomeError(p.e, "complete", fmt.Errorf("durable: complete_runs answered for run %s in the place of run %s", rows[i].RunID, p.e.run.RunID))
+		case rows[i].Completed:
+			p.e.log.Debug("durable: run completed")
+		case rows[i].Code == codeRunLocked:
+			rs.complete(p.e, p.result)
+		default:
+			logOutcomeError(p.e, "complete", notCompletedError(w.cfg.Queue, p.e.run.RunID, rows[i].Code))
+		}
+	}
+}
+
+// connAcquirer is what listening needs of the client's database: a
+// *pgxpool.Pool has it.
+type connAcquirer interface {
+	Acquire(ctx context.Context) (*pgxpool.Conn, error)
+}
+
+// listen keeps a connection listening on the queue's channel until ctx ends,
+// waking the claim loop on every notification. When it cannot listen it logs,
+// leaves the claim loop to poll, and tries again with backoff.
+func (rs *runState) listen(ctx context.Context) {
+	w := rs.w
+	acq, ok := w.client.db.(connAcquirer)
+	if !ok {
+		w.logger.Info("durable: notifications need the client's database to be a *pgxpool.Pool; polling only",
+			"poll_interval", w.cfg.PollInterval)
+		return
+	}
+	channel := pgx.Identifier{"durable_" + w.cfg.Queue}.Sanitize()
+	failures := 0
+	for {
+		listened, err := rs.listenOn(ctx, acq, channel)
+		if ctx.Err() != nil {
+			return
+		}
+		if listened {
+			failures = 0 // it worked for a while: back off from the start
+		}
+		failures++
+		delay := listenRetryMin
+		for i := 1; i < failures && delay < listenRetryMax; i++ {
+			delay *= 2
+		}
+		delay = min(delay, listenRetryMax)
+		w.logger.Warn("durable: not listening for notifications; polling until listening again",
+			"error", err, "poll_interval", w.cfg.PollInterval, "retry_in", delay)
+		sleep(ctx, delay)
+	}
+}
+
+// listenOn takes a connection out of the pool, listens on channel and waits
+// for notifications until ctx ends or the connection fails, pinging it when
+// it has been silent for listenCheckInterval. It reports whether LISTEN
+// succeeded, and why it stopped.
+func (rs *runState) listenOn(ctx context.Context, acq connAcquirer, channel string) (listened bool, err error) {
+	actx, cancel := context.WithTimeout(ctx, listenTimeout)
+	pc, err := acq.Acquire(actx)
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	// The connection is the worker's from now on: the pool opens another in
+	// its place, and never hands out one that listens.
+	conn := pc.Hijack()
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = conn.Close(cctx)
+		cancel()
+	}()
+	lctx, cancel := context.WithTimeout(ctx, listenTimeout)
+	_, err = conn.Exec(lctx, "listen "+channel)
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	rs.w.logger.Debug("durable: listening for notifications", "channel", channel)
+	rs.notify() // runs may have become claimable while nobody listened
+	for {
+		wctx, cancel := context.WithTimeout(ctx, listenCheckInterval)
+		_, err := conn.WaitForNotification(wctx)
+		timedOut := wctx.Err() != nil
+		cancel()
+		switch {
+		case err == nil:
+			rs.notify()
+		case ctx.Err() != nil:
+			return true, ctx.Err()
+		case timedOut && !conn.IsClosed():
+			pctx, cancel := context.WithTimeout(ctx, listenTimeout)
+			err = conn.Ping(pctx)
+			cancel()
+			if err != nil {
+				return true, err
+			}
+		default:
+			return true, err
+		}
+	}
+}
+
+// notify wakes the claim loop if it is idle.
+func (rs *runState) notify() {
+	select {
+	case rs.wake <- struct{}{}:
+	default:
+	}
 }

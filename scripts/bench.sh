@@ -49,12 +49,14 @@ prefill() {
       from t" >/dev/null
 }
 settle() { sql -c "vacuum analyze durable.t_bench, durable.r_bench" >/dev/null; }
-# tps SCRIPT CLIENTS ARGS...: pgbench's rate, without connection time.
+# tps SCRIPT CLIENTS ARGS...: pgbench's rate, without connection time, times
+# $per (default 1: transactions per second; the rows of a batch per
+# transaction give rows per second).
 tps() {
   local script=$1 clients=$2; shift 2
   "$pgbench" -n -M prepared -c "$clients" -j "$(( clients < 2 ? clients : 2 ))" "$@" \
     -f "bench/pgbench/$script" "$url" 2>&1 |
-    awk '/^tps/ { printf "%.0f", $3; found=1 } END { if (!found) exit 1 }' ||
+    awk -v per="${per:-1}" '/^tps/ { printf "%.0f", $3 * per; found=1 } END { if (!found) exit 1 }' ||
     { echo "pgbench failed on $script" >&2; "$pgbench" -n -M prepared -c "$clients" "$@" -f "bench/pgbench/$script" "$url" >&2 || true; exit 1; }
 }
 
@@ -73,11 +75,20 @@ for c in 1 16; do
   reset_queue; settle; d=$(tps spawn_nokey.sql "$c" -T "$secs")
   reset_queue; settle; r=$(tps spawn_nokey.ref.sql "$c" -T "$secs")
   row "spawn, no key" "$c" "$d" "$r"
+  [ "$c" = 1 ] && nokey1=$d
   reset_queue; settle; d=$(tps spawn_freshkey.sql "$c" -T "$secs")
   reset_queue; settle; r=$(tps spawn_freshkey.ref.sql "$c" -T "$secs")
   row "spawn, fresh key" "$c" "$d" "$r"
   [ "$c" = 1 ] && fresh1=$d
 done
+
+# Batches of 1,000 tasks without keys (spawn_tasks), in rows per second,
+# beside one multi-row insert of the same tasks and runs, and beside single
+# no-key spawns (one round trip per task).
+reset_queue; settle; d=$(per=1000 tps spawn_batch.sql 1 -T "$secs")
+reset_queue; settle; r=$(per=1000 tps spawn_batch.ref.sql 1 -T "$secs")
+row "batch spawn (rows/s), 1,000 per call" 1 "$d" "$r"
+row "  batch vs single spawn rows/s (target >= 10)" 1 "$d" "$nokey1"
 
 reset_queue; settle; d=$(tps spawn_onlyonce.sql 1 -T "$secs")
 reset_queue; settle; r=$(tps spawn_onlyonce.ref.sql 1 -T "$secs")

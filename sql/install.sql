@@ -3153,7 +3153,8 @@ $$;
 -- unfinished children: _task_finished) when its attempts are used up or the
 -- reason is an object with "retryable": false. Otherwise a new run is created,
 -- available at p_retry_at when given, else after the delay of the task's retry
--- strategy; it is 'sleeping' until then ('pending' when due at once). The
+-- strategy; it is 'sleeping' until then ('pending' when due at once, which
+-- notifies durable_<queue> so that listening workers claim it at once). The
 -- caller has already marked the failed run and locked it; this locks the task
 -- row (runs before tasks, the order every function keeps). Returns the task's
 -- new state. Raises nothing of its own.
@@ -3202,6 +3203,9 @@ begin
                      set state = $2, attempts = $3, last_attempt_run = $4, failure_reason = $5
                    where task_id = $1', v_t)
     using p_task_id, v_state, v_attempts + 1, v_run_id, p_reason;
+  if v_state = 'pending' then
+    perform pg_notify('durable_' || p_queue_name, '');
+  end if;
   return v_state;
 end;
 $$;
@@ -3434,7 +3438,8 @@ $$;
 -- function: _wake_waiters
 -- durable._wake_waiters(queue, wait_name, now): makes every sleeping run that
 -- waits for wait_name (an event name, or '$task:<id>' for a task's end)
--- claimable now.
+-- claimable now, and when it woke any, notifies durable_<queue> (pg_notify,
+-- delivered at commit) so that listening workers claim them at once.
 --
 -- Runs are locked with skip locked: a sleeping run that another transaction
 -- holds is being claimed, cancelled or woken, so it needs no wake-up from here
@@ -3447,9 +3452,11 @@ create or replace function durable._wake_waiters(p_queue_name text, p_wait_name 
 returns void
 language plpgsql
 as $$
+declare
+  v_woken bigint;
 begin
   execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'wake', '(text, timestamptz)', $sql$
+    durable._prepared(p_queue_name, 'wake_runs', '(text, timestamptz)', $sql$
       with woken as (
         select r.run_id
           from durable.%2$I r
@@ -3461,11 +3468,17 @@ begin
            set state = 'pending', available_at = $2
          where r.run_id = any (array(select run_id from woken))
         returning r.task_id
+      ), tasks as (
+        update durable.%1$I t
+           set state = 'pending'
+         where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
       )
-      update durable.%1$I t
-         set state = 'pending'
-       where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'$sql$),
-    p_wait_name, p_now);
+      select count(*) from runs$sql$),
+    p_wait_name, p_now)
+    into v_woken;
+  if v_woken > 0 then
+    perform pg_notify('durable_' || p_queue_name, '');
+  end if;
 end;
 $$;
 -- end function: _wake_waiters
@@ -3972,6 +3985,9 @@ $$;
 -- new task through spawn_task, so a live holder of the key is returned
 -- (created = false) instead.
 --
+-- The new run is claimable at once: an in-place retry notifies durable_<queue>
+-- (pg_notify, delivered at commit) so that listening workers claim it.
+--
 -- Locks the task row. Raises QD001, QD002, QD005 (invalid options), QD014
 -- (key_held), QD015 (task_not_retryable: the task is not failed or cancelled)
 -- and QD020 (task_not_found).
@@ -4090,6 +4106,7 @@ begin
   execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
                   values ($1, $2, $3, ''pending'', $4, $4)', v_r)
     using v_run_id, p_task_id, v_attempts + 1, v_now;
+  perform pg_notify('durable_' || p_queue_name, '');
   return query select p_task_id, v_run_id, v_attempts + 1, false, 'pending'::text;
 end;
 $$;
@@ -4237,6 +4254,11 @@ $$;
 -- The parent's state is read without a lock: a spawn racing the parent's
 -- cancellation can create a child that the cascade does not see.
 --
+-- A created task available at once notifies durable_<queue> (pg_notify,
+-- delivered when the spawn commits), so that listening workers claim it
+-- without waiting for their next poll. A spawn that returns the key's holder
+-- notifies nothing.
+--
 -- Raises QD001 (invalid_queue_name), QD002 (queue_not_found), QD003
 -- (invalid_task_name), QD004 (invalid_idempotency_key), QD005
 -- (invalid_options), QD016 (parent_finished: the parent failed or was
@@ -4321,6 +4343,9 @@ begin
       using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
             v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
             v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
+    if v_available_at <= v_now then
+      perform pg_notify('durable_' || p_queue_name, '');
+    end if;
     return query select v_task_id, v_run_id, 1, true, 'pending'::text;
     return;
   end if;
@@ -4356,6 +4381,9 @@ begin
             v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
     get diagnostics v_inserted = row_count;
     if v_inserted = 1 then
+      if v_available_at <= v_now then
+        perform pg_notify('durable_' || p_queue_name, '');
+      end if;
       return query select v_task_id, v_run_id, 1, true, 'pending'::text;
       return;
     end if;
@@ -4368,6 +4396,666 @@ begin
 end;
 $$;
 -- end function: spawn_task
+
+-- function: _key_hash
+-- durable._key_hash(task_name, params, only_once, idempotency_key): the
+-- deduplication key a spawn stores in key_hash, or NULL for a spawn without a
+-- key. The encoding is spawn_task's (see its header): an explicit key wins and
+-- hashes as 'k:' || key; otherwise only_once hashes 'o:' || [name, params] as
+-- jsonb text (SQL NULL params count as JSON null); otherwise there is no key.
+--
+-- A plain SQL expression, so the planner inlines it into set-based callers
+-- (spawn_tasks) at no per-row call cost. It must stay byte for byte the same
+-- as spawn_task's: TestSpawnGoldenKeyHash and the batch tests pin both.
+-- Locks nothing; raises nothing.
+create or replace function durable._key_hash(
+  p_task_name text,
+  p_params jsonb,
+  p_only_once boolean,
+  p_idempotency_key text)
+returns bytea
+language sql
+stable
+as $$
+  select case
+           when p_idempotency_key is not null then
+             sha256(convert_to('k:' || p_idempotency_key, 'UTF8'))
+           when p_only_once then
+             sha256(convert_to('o:' || jsonb_build_array(p_task_name, coalesce(p_params, 'null'::jsonb))::text, 'UTF8'))
+         end
+$$;
+-- end function: _key_hash
+
+-- function: spawn_tasks
+-- durable.spawn_tasks(queue, tasks): spawns a batch of tasks in one call, each
+-- element by spawn_task's rule, and returns one row per element in input
+-- order: (ordinality from 1, task_id, run_id, attempt, created, state).
+--
+-- Elements. p_tasks is a JSON array of at most 10000 objects with the fields
+--   task_name        string, required, not empty
+--   params           any JSON, default {} (JSON null is spawn_task's NULL params)
+--   only_once        true or false, default false
+--   idempotency_key  non-empty string, default none
+--   options          object as spawn_task's p_options, default {}
+-- A field set to JSON null takes its default, except params. An unknown
+-- field is an error, never ignored. An empty array returns no rows.
+--
+-- The rule is spawn_task's, element by element (see its header): the same key
+-- (durable._key_hash, so batches and single spawns deduplicate against each
+-- other), the same scope (queue and task name), the same holder returned with
+-- created = false and nothing written for it. Elements of one batch with the
+-- same key share one task: the first of them in input order creates it (or
+-- finds the holder), the later ones get the same task with created = false.
+--
+-- How. Every element is checked before anything is written: one query over
+-- the array, and one that runs _spawn_options for the elements that have
+-- options (the others take the defaults without a call). Elements without a
+-- key then go in with one statement: one multi-row insert of tasks and one of
+-- runs, read straight from the array. For the keyed ones, each try looks up
+-- the held keys in one statement, then inserts the others with on conflict do
+-- nothing, in the order of (task_name, key_hash), and looks the conflicts up
+-- again at the next try. Everything is set-based: the per-element cost is
+-- that of the rows written, not of a call.
+--
+-- Why it is race-free and cannot deadlock. Lookups are plain reads and lock
+-- nothing. An insert that meets a key another transaction has inserted and
+-- not committed waits for it, as in spawn_task: after a commit the next try
+-- finds the holder, after a rollback the insert goes on. Every batch inserts
+-- its keys in one order, (task_name, key_hash), so while it waits it holds
+-- only keys ordered before the one it waits for: two batches with overlapping
+-- keys in opposite input orders never wait for each other in a cycle
+-- (DEDUP_HARD_CASES 9). Tries are bounded; the last resort is 40001, which a
+-- caller may retry. At repeatable read or serializable, a conflict with a row
+-- the snapshot cannot see raises 40001. The order holds within one statement:
+-- keys that the caller's transaction took in an earlier call (or an earlier
+-- try took, when a holder ended in between) can still close a cycle with
+-- another transaction (40P01). Parents are read without a lock, as in
+-- spawn_task.
+--
+-- When it created a task available at once, it notifies durable_<queue>
+-- (pg_notify, delivered at commit), once per call, as spawn_task does.
+--
+-- Raises QD001, QD002 (the queue), QD006 (p_tasks not an array, more than
+-- 10000 elements, an element not an object or with an unknown field or a
+-- non-boolean only_once), QD003 (task name), QD004 (idempotency key), QD005
+-- (options), QD016 and QD020 (parent_task_id), each naming the element's
+-- position (the first malformed element, else the first with a bad parent),
+-- and 40001; nothing is written then.
+create or replace function durable.spawn_tasks(
+  p_queue_name text,
+  p_tasks jsonb)
+returns table (ordinality integer, task_id uuid, run_id uuid, attempt integer, created boolean, state text)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set enable_seqscan = off
+as $$
+declare
+  v_t text := 't_' || p_queue_name;
+  v_r text := 'r_' || p_queue_name;
+  v_now timestamptz := durable.current_time();
+  v_fields constant text[] := array['task_name', 'params', 'only_once', 'idempotency_key', 'options'];
+  v_element_hint constant text :=
+    'An element is {"task_name": text, "params": any, "only_once": bool, "idempotency_key": text, "options": object}.';
+  v_len integer;
+  v_def_max_attempts integer;
+  v_def_retry_strategy jsonb;
+  v_malformed boolean := false;
+  v_first_bad integer;
+  v_keyed integer;
+  v_optioned integer;
+  -- Options of the elements that have some, by element position.
+  v_o_ord integer[];
+  v_o_max_attempts integer[];
+  v_o_retry_strategy jsonb[];
+  v_o_headers jsonb[];
+  v_o_available_at timestamptz[];
+  v_o_parent uuid[];
+  v_o_max_delay integer[];
+  v_o_max_duration integer[];
+  -- The elements without a key, as created.
+  v_u_ord integer[];
+  v_u_task uuid[];
+  v_u_run uuid[];
+  -- The elements with a key.
+  v_k_ord integer[];
+  v_k_name text[];
+  v_k_hash bytea[];
+  -- Resolved keys: the holder each key got, and whether this call created it.
+  v_res_name text[] := array[]::text[];
+  v_res_hash bytea[] := array[]::bytea[];
+  v_res_task uuid[] := array[]::uuid[];
+  v_res_run uuid[] := array[]::uuid[];
+  v_res_attempt integer[] := array[]::integer[];
+  v_res_state text[] := array[]::text[];
+  v_res_created boolean[] := array[]::boolean[];
+  v_f_name text[];
+  v_f_hash bytea[];
+  v_f_task uuid[];
+  v_f_run uuid[];
+  v_f_attempt integer[];
+  v_f_state text[];
+  v_candidates integer;
+  v_ready boolean := false;
+  v_created_ready boolean;
+  v_tries constant integer := 5;
+  v_done boolean := false;
+  v_pos integer;
+  v_elem jsonb;
+  v_field text;
+  v_msg text;
+  v_hint text;
+  v_parent_id uuid;
+  v_parent_state text;
+begin
+  perform durable._require_queue(p_queue_name);
+  if p_tasks is null or jsonb_typeof(p_tasks) <> 'array' then
+    raise exception 'spawn_tasks needs a JSON array of tasks, got %', coalesce(left(p_tasks::text, 200), 'NULL')
+      using errcode = 'QD006',
+            hint = v_element_hint;
+  end if;
+  v_len := jsonb_array_length(p_tasks);
+  if v_len > 10000 then
+    raise exception 'spawn_tasks takes at most 10000 tasks, got % (queue %)', v_len, quote_literal(p_queue_name)
+      using errcode = 'QD006',
+            hint = 'Split the batch.';
+  end if;
+  if v_len = 0 then
+    return;
+  end if;
+
+  -- Check every element's shape at once. This only flags malformed elements;
+  -- naming the first one is left to the loop below.
+  select min(e.ord::integer) filter (
+           where case
+                   when jsonb_typeof(e.elem) <> 'object' then true
+                   when e.elem - v_fields <> '{}'::jsonb then true
+                   when jsonb_typeof(e.elem -> 'task_name') is distinct from 'string'
+                        or e.elem ->> 'task_name' = '' then true
+                   when coalesce(jsonb_typeof(e.elem -> 'only_once'), 'null') not in ('boolean', 'null') then true
+                   when coalesce(jsonb_typeof(e.elem -> 'idempotency_key'), 'null') not in ('string', 'null')
+                        or e.elem ->> 'idempotency_key' = '' then true
+                   else false
+                 end),
+         (count(*) filter (where e.elem ->> 'idempotency_key' is not null or e.elem -> 'only_once' = 'true'::jsonb))::integer,
+         (count(*) filter (where nullif(nullif(e.elem -> 'options', 'null'::jsonb), '{}'::jsonb) is not null))::integer
+    into v_first_bad, v_keyed, v_optioned
+    from jsonb_array_elements(p_tasks) with ordinality e(elem, ord);
+
+  -- Options: parsed once, only for the elements that have some.
+  if v_first_bad is null and v_optioned > 0 then
+    begin
+      select array_agg(e.ord::integer), array_agg(s.o_max_attempts), array_agg(s.o_retry_strategy), array_agg(s.o_headers),
+             array_agg(s.o_available_at), array_agg(s.o_parent_task_id), array_agg(s.o_max_delay),
+             array_agg(s.o_max_duration)
+        into v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers,
+             v_o_available_at, v_o_parent, v_o_max_delay, v_o_max_duration
+        from jsonb_array_elements(p_tasks) with ordinality e(elem, ord)
+        cross join lateral durable._spawn_options(e.elem -> 'options') s
+       where nullif(nullif(e.elem -> 'options', 'null'::jsonb), '{}'::jsonb) is not null;
+    exception when sqlstate 'QD005' then
+      v_malformed := true;
+    end;
+  end if;
+
+  if v_malformed or v_first_bad is not null then
+    for v_pos, v_elem in
+      select e.ord::integer, e.elem from jsonb_array_elements(p_tasks) with ordinality e(elem, ord) order by e.ord
+    loop
+      if jsonb_typeof(v_elem) <> 'object' then
+        raise exception 'spawn_tasks element % is not a JSON object: % (queue %)',
+          v_pos, left(v_elem::text, 200), quote_literal(p_queue_name)
+          using errcode = 'QD006',
+                hint = v_element_hint;
+      end if;
+      select k into v_field from jsonb_object_keys(v_elem) k where k <> all (v_fields) order by k limit 1;
+      if v_field is not null then
+        raise exception 'spawn_tasks element %: unknown field % (queue %)',
+          v_pos, quote_literal(v_field), quote_literal(p_queue_name)
+          using errcode = 'QD006',
+                hint = v_element_hint;
+      end if;
+      if jsonb_typeof(v_elem -> 'task_name') is distinct from 'string' or v_elem ->> 'task_name' = '' then
+        raise exception 'spawn_tasks element %: task name must be a non-empty string, got % (queue %)',
+          v_pos, coalesce(left((v_elem -> 'task_name')::text, 200), 'nothing'), quote_literal(p_queue_name)
+          using errcode = 'QD003',
+                hint = 'Pass the name the worker registered the handler under.';
+      end if;
+      if coalesce(jsonb_typeof(v_elem -> 'only_once'), 'null') not in ('boolean', 'null') then
+        raise exception 'spawn_tasks element %: only_once must be true or false, got % (queue %, task %)',
+          v_pos, left((v_elem -> 'only_once')::text, 200), quote_literal(p_queue_name),
+          quote_literal(v_elem ->> 'task_name')
+          using errcode = 'QD006';
+      end if;
+      if coalesce(jsonb_typeof(v_elem -> 'idempotency_key'), 'null') not in ('string', 'null')
+         or v_elem ->> 'idempotency_key' = '' then
+        raise exception 'spawn_tasks element %: idempotency key must be a non-empty string, got % (queue %, task %)',
+          v_pos, left((v_elem -> 'idempotency_key')::text, 200), quote_literal(p_queue_name),
+          quote_literal(v_elem ->> 'task_name')
+          using errcode = 'QD004',
+                hint = 'Pass null (or leave it out) for no key, or a non-empty key.';
+      end if;
+      begin
+        perform durable._spawn_options(nullif(v_elem -> 'options', 'null'::jsonb));
+      exception when sqlstate 'QD005' then
+        get stacked diagnostics v_msg = message_text, v_hint = pg_exception_hint;
+        v_msg := format('spawn_tasks element %s: %s (queue %s, task %s)',
+                        v_pos, v_msg, quote_literal(p_queue_name), quote_literal(v_elem ->> 'task_name'));
+        if v_hint = '' then
+          raise exception using errcode = 'QD005', message = v_msg;
+        end if;
+        raise exception using errcode = 'QD005', message = v_msg, hint = v_hint;
+      end;
+    end loop;
+    -- Unreachable while the checks above agree.
+    raise exception 'spawn_tasks found a malformed element but could not name it (queue %)', quote_literal(p_queue_name)
+      using errcode = 'XX000';
+  end if;
+
+  -- Parents: the first element whose parent is missing or finished.
+  if cardinality(array_remove(v_o_parent, null)) > 0 then
+    execute format($sql$
+      select u.ord, u.parent_task_id, t.state
+        from unnest($1::integer[], $2::uuid[]) u(ord, parent_task_id)
+        left join durable.%I t on t.task_id = u.parent_task_id
+       where u.parent_task_id is not null
+         and (t.state is null or t.state in ('failed', 'cancelled'))
+       order by u.ord
+       limit 1$sql$, v_t)
+      into v_pos, v_parent_id, v_parent_state
+      using v_o_ord, v_o_parent;
+    if v_pos is not null and v_parent_state is null then
+      raise exception 'spawn_tasks element %: parent task % not found in queue %', v_pos, v_parent_id, quote_literal(p_queue_name)
+        using errcode = 'QD020',
+              hint = 'A child task lives in its parent''s queue.';
+    elsif v_pos is not null then
+      raise exception 'spawn_tasks element %: parent task % in queue % is %: it takes no new children',
+        v_pos, v_parent_id, quote_literal(p_queue_name), v_parent_state
+        using errcode = 'QD016',
+              hint = 'A child of a failed or cancelled task would be cancelled at once; retry the parent first.';
+    end if;
+  end if;
+
+  select s.o_max_attempts, s.o_retry_strategy
+    into v_def_max_attempts, v_def_retry_strategy
+    from durable._spawn_options(null) s;
+
+  -- Elements without a key: one insert of tasks and one of runs.
+  if v_keyed < v_len then
+    execute format($sql$
+      with e as (
+        select x.ord::integer as ord,
+               x.elem ->> 'task_name' as task_name,
+               coalesce(x.elem -> 'params', '{}'::jsonb) as params,
+               o.headers,
+               coalesce(o.retry_strategy, $2) as retry_strategy,
+               coalesce(o.max_attempts, $3) as max_attempts,
+               coalesce(o.available_at, $4) as available_at,
+               o.parent_task_id,
+               o.max_duration,
+               coalesce(o.available_at, $4) + make_interval(secs => o.max_delay) as cancel_deadline,
+               gen_random_uuid() as task_id,
+               gen_random_uuid() as run_id
+          from jsonb_array_elements($1) with ordinality x(elem, ord)
+          left join unnest($5::integer[], $6::integer[], $7::jsonb[], $8::jsonb[], $9::timestamptz[],
+                           $10::uuid[], $11::integer[], $12::integer[])
+                 o(ord, max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration)
+            on o.ord = x.ord
+         where x.elem ->> 'idempotency_key' is null
+           and x.elem -> 'only_once' is distinct from 'true'::jsonb
+      ), task as (
+        insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
+                                max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                parent_task_id, max_duration, cancel_deadline)
+        select e.task_id, e.task_name, e.params, e.headers, e.retry_strategy,
+               e.max_attempts, 'pending', 1, e.run_id, $4,
+               e.parent_task_id, e.max_duration, e.cancel_deadline
+          from e
+      ), run as (
+        insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
+        select e.run_id, e.task_id, 1, 'pending', e.available_at, $4
+          from e
+      )
+      select array_agg(e.ord), array_agg(e.task_id), array_agg(e.run_id), bool_or(e.available_at <= $4)
+        from e$sql$, v_t, v_r)
+      into v_u_ord, v_u_task, v_u_run, v_ready
+      using p_tasks, v_def_retry_strategy, v_def_max_attempts, v_now,
+            v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers, v_o_available_at,
+            v_o_parent, v_o_max_delay, v_o_max_duration;
+  end if;
+
+  -- Elements with a key: the held ones are returned, the free ones taken in
+  -- key order, the conflicts looked up again.
+  if v_keyed > 0 then
+    select array_agg(e.ord::integer),
+           array_agg(e.elem ->> 'task_name'),
+           array_agg(durable._key_hash(e.elem ->> 'task_name', coalesce(e.elem -> 'params', '{}'::jsonb),
+                                       e.elem -> 'only_once' = 'true'::jsonb, e.elem ->> 'idempotency_key'))
+      into v_k_ord, v_k_name, v_k_hash
+      from jsonb_array_elements(p_tasks) with ordinality e(elem, ord)
+     where e.elem ->> 'idempotency_key' is not null or e.elem -> 'only_once' = 'true'::jsonb;
+
+    for v_try in 1 .. v_tries loop
+      execute format($sql$
+        select array_agg(t.task_name), array_agg(t.key_hash), array_agg(t.task_id),
+               array_agg(t.last_attempt_run), array_agg(t.attempts), array_agg(t.state)
+          from (select distinct k.task_name, k.key_hash
+                  from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
+                 where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
+                                    where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
+          join durable.%I t on t.task_name = k.task_name and t.key_hash = k.key_hash and t.key_held$sql$, v_t)
+        into v_f_name, v_f_hash, v_f_task, v_f_run, v_f_attempt, v_f_state
+        using v_k_name, v_k_hash, v_res_name, v_res_hash;
+      if v_f_name is not null then
+        v_res_name := v_res_name || v_f_name;
+        v_res_hash := v_res_hash || v_f_hash;
+        v_res_task := v_res_task || v_f_task;
+        v_res_run := v_res_run || v_f_run;
+        v_res_attempt := v_res_attempt || v_f_attempt;
+        v_res_state := v_res_state || v_f_state;
+        v_res_created := v_res_created || array_fill(false, array[cardinality(v_f_name)]);
+      end if;
+
+      -- One candidate per free-looking key, its first element, in key order.
+      execute format($sql$
+        with k as (
+          select distinct on (k.task_name collate "C", k.key_hash) k.ord, k.task_name, k.key_hash
+            from unnest($1::integer[], $2::text[], $3::bytea[]) k(ord, task_name, key_hash)
+           where not exists (select from unnest($4::text[], $5::bytea[]) r(task_name, key_hash)
+                              where r.task_name = k.task_name and r.key_hash = k.key_hash)
+           order by k.task_name collate "C", k.key_hash, k.ord
+        ), c as (
+          select k.task_name, k.key_hash,
+                 x.elem ->> 'idempotency_key' as idempotency_key,
+                 coalesce(x.elem -> 'params', '{}'::jsonb) as params,
+                 o.headers,
+                 coalesce(o.retry_strategy, $7) as retry_strategy,
+                 coalesce(o.max_attempts, $8) as max_attempts,
+                 coalesce(o.available_at, $9) as available_at,
+                 o.parent_task_id,
+                 o.max_duration,
+                 coalesce(o.available_at, $9) + make_interval(secs => o.max_delay) as cancel_deadline,
+                 gen_random_uuid() as task_id,
+                 gen_random_uuid() as run_id
+            from k
+            join jsonb_array_elements($6) with ordinality x(elem, ord) on x.ord = k.ord
+            left join unnest($10::integer[], $11::integer[], $12::jsonb[], $13::jsonb[], $14::timestamptz[],
+                             $15::uuid[], $16::integer[], $17::integer[])
+                   o(ord, max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration)
+              on o.ord = k.ord
+        ), task as (
+          insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
+                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                  idempotency_key, key_hash, key_held,
+                                  parent_task_id, max_duration, cancel_deadline)
+          select c.task_id, c.task_name, c.params, c.headers, c.retry_strategy,
+                 c.max_attempts, 'pending', 1, c.run_id, $9,
+                 c.idempotency_key, c.key_hash, true,
+                 c.parent_task_id, c.max_duration, c.cancel_deadline
+            from c
+           order by c.task_name collate "C", c.key_hash
+          on conflict (task_name, key_hash) where key_held do nothing
+          returning task_id, task_name, key_hash, last_attempt_run
+        ), run as (
+          insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
+          select task.last_attempt_run, task.task_id, 1, 'pending', c.available_at, $9
+            from task join c on c.task_id = task.task_id
+        )
+        select (select count(*) from k)::integer,
+               array_agg(task.task_name), array_agg(task.key_hash), array_agg(task.task_id),
+               array_agg(task.last_attempt_run), bool_or(c.available_at <= $9)
+          from task join c on c.task_id = task.task_id$sql$, v_t, v_r)
+        into v_candidates, v_f_name, v_f_hash, v_f_task, v_f_run, v_created_ready
+        using v_k_ord, v_k_name, v_k_hash, v_res_name, v_res_hash, p_tasks,
+              v_def_retry_strategy, v_def_max_attempts, v_now,
+              v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers, v_o_available_at,
+              v_o_parent, v_o_max_delay, v_o_max_duration;
+      v_ready := coalesce(v_ready, false) or coalesce(v_created_ready, false);
+      if v_f_name is not null then
+        v_res_name := v_res_name || v_f_name;
+        v_res_hash := v_res_hash || v_f_hash;
+        v_res_task := v_res_task || v_f_task;
+        v_res_run := v_res_run || v_f_run;
+        v_res_attempt := v_res_attempt || array_fill(1, array[cardinality(v_f_name)]);
+        v_res_state := v_res_state || array_fill('pending'::text, array[cardinality(v_f_name)]);
+        v_res_created := v_res_created || array_fill(true, array[cardinality(v_f_name)]);
+      end if;
+      if coalesce(cardinality(v_f_name), 0) = v_candidates then
+        v_done := true;
+        exit;
+      end if;
+    end loop;
+    if not v_done then
+      raise exception 'could not spawn % tasks in queue %: their keys changed hands % times in a row',
+        v_keyed, quote_literal(p_queue_name), v_tries
+        using errcode = '40001',
+              hint = 'Retry the spawn.';
+    end if;
+  end if;
+
+  -- Like spawn_task: created tasks available at once wake listening workers
+  -- (one notification per call, delivered at commit).
+  if coalesce(v_ready, false) then
+    perform pg_notify('durable_' || p_queue_name, '');
+  end if;
+
+  -- One row per element, in input order. An element with a key gets its
+  -- key's holder, and created only if this call created it and the element is
+  -- the key's first in the batch.
+  return query execute $sql$
+    select u.ord, u.task_id, u.run_id, 1, true, 'pending'
+      from unnest($1::integer[], $2::uuid[], $3::uuid[]) u(ord, task_id, run_id)
+    union all
+    select k.ord, r.task_id, r.run_id, r.attempt,
+           r.created and k.ord = min(k.ord) over (partition by k.task_name, k.key_hash),
+           r.state
+      from unnest($4::integer[], $5::text[], $6::bytea[]) k(ord, task_name, key_hash)
+      join unnest($7::text[], $8::bytea[], $9::uuid[], $10::uuid[], $11::integer[], $12::text[], $13::boolean[])
+           r(task_name, key_hash, task_id, run_id, attempt, state, created)
+        on r.task_name = k.task_name and r.key_hash = k.key_hash
+     order by 1$sql$
+    using v_u_ord, v_u_task, v_u_run, v_k_ord, v_k_name, v_k_hash,
+          v_res_name, v_res_hash, v_res_task, v_res_run, v_res_attempt, v_res_state, v_res_created;
+end;
+$$;
+-- end function: spawn_tasks
+
+-- function: complete_runs
+-- durable.complete_runs(queue, runs): completes a batch of runs, each as
+-- complete_run would, and returns (run_id, completed, error_code) for every
+-- element of the batch, in input order.
+--
+-- p_runs is a JSON array of objects {"run_id": uuid, "result": any}; an
+-- element without "result" stores NULL, like complete_run's default. Every run
+-- that is running with a live lease is completed and its result stored on its
+-- task, which is completed, frees its key and drops its cancellation deadline;
+-- the runs waiting for the task wake and the task's own waits are deleted, as
+-- _task_finished does for a completed task. The other runs are left as they
+-- are and reported with completed = false and the code complete_run would
+-- raise for them: QD010 (run_not_found), QD011 (run_not_running), QD012
+-- (lease_lost) or QD013 (task_cancelled). One run that cannot complete does
+-- not stop the others.
+--
+-- A run that another transaction holds locked at that moment (cancelling it,
+-- or extending its lease) is not waited for: it is reported with 55P03
+-- (lock_not_available), and complete_run, which waits, settles it. A batch
+-- holding some runs must never wait for another: a cancellation cascading from
+-- a parent to its child locks the parent's run before the child's, an order
+-- that a batch holding both cannot promise to keep, so waiting could deadlock.
+--
+-- It is set-based: one statement completes the runs, one their tasks, one
+-- wakes the waiters and one deletes the waits, whatever the batch's size (and
+-- one more reads why the others did not complete, when some did not); they are
+-- prepared once per session (_prepared) and run with generic plans. When it
+-- wakes a run it notifies durable_<queue>, like _wake_waiters.
+--
+-- Locks the runs in run_id order with `for no key update skip locked`, then
+-- their tasks (runs before tasks, the order every function keeps), then the
+-- sleeping runs it wakes (skip locked) and their tasks. Raises QD001, QD002 and
+-- QD006 (invalid_argument: p_runs is not an array of at most 10000 objects
+-- with a uuid "run_id" and no keys but "run_id" and "result", or names a run
+-- twice); nothing is written then.
+create or replace function durable.complete_runs(
+  p_queue_name text,
+  p_runs jsonb)
+returns table (run_id uuid, completed boolean, error_code text)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+as $$
+declare
+  v_now timestamptz := durable.current_time();
+  v_bad bigint;
+  v_ids uuid[];
+  v_results jsonb[];
+  v_dup uuid;
+  v_done_runs uuid[];
+  v_done_tasks uuid[];
+  v_task_results jsonb;
+  v_woken bigint;
+  v_missing uuid[];
+  v_codes jsonb;
+begin
+  perform durable._require_queue(p_queue_name);
+  if jsonb_typeof(p_runs) is distinct from 'array' then
+    raise exception 'complete_runs takes a JSON array of {"run_id": ..., "result": ...} objects, got %',
+      coalesce(left(p_runs::text, 200), 'NULL')
+      using errcode = 'QD006';
+  end if;
+  if jsonb_array_length(p_runs) > 10000 then
+    raise exception 'complete_runs takes at most 10000 runs at once, got %', jsonb_array_length(p_runs)
+      using errcode = 'QD006', hint = 'Split the batch.';
+  end if;
+  select e.ord into v_bad
+    from jsonb_array_elements(p_runs) with ordinality e(elem, ord)
+   where case
+           when jsonb_typeof(e.elem) <> 'object' then true
+           else jsonb_typeof(e.elem -> 'run_id') is distinct from 'string'
+                or e.elem - 'run_id' - 'result' <> '{}'::jsonb
+         end
+   order by e.ord
+   limit 1;
+  if v_bad is not null then
+    raise exception 'element % of complete_runs'' array is not an object {"run_id": uuid, "result": any} with no other keys: %',
+      v_bad, left((p_runs -> (v_bad::integer - 1))::text, 200)
+      using errcode = 'QD006', hint = 'Each element names a run_id (a uuid) and, optionally, the result.';
+  end if;
+  begin
+    select array_agg((e.elem ->> 'run_id')::uuid order by e.ord), array_agg(e.elem -> 'result' order by e.ord)
+      into v_ids, v_results
+      from jsonb_array_elements(p_runs) with ordinality e(elem, ord);
+  exception when invalid_text_representation then
+    raise exception 'complete_runs: a run_id is not a uuid: %', sqlerrm
+      using errcode = 'QD006';
+  end;
+  if v_ids is null then
+    return;
+  end if;
+  select d.id into v_dup from unnest(v_ids) d(id) group by d.id having count(*) > 1 limit 1;
+  if v_dup is not null then
+    raise exception 'complete_runs names run % more than once', v_dup
+      using errcode = 'QD006';
+  end if;
+
+  -- The runs, in run_id order, skipping those another transaction holds. The
+  -- runs are found by primary key only, and tested once locked: a test in the
+  -- where clause would let a generic plan read the lease index, every running
+  -- run of the queue, instead.
+  execute format('execute %I(%L, %L)',
+    durable._prepared(p_queue_name, 'complete_runs', '(uuid[], timestamptz)', $sql$
+      with picked as (
+        select r.run_id, r.state = 'running' and r.claim_expires_at > $2 as live
+          from durable.%2$I r
+         where r.run_id = any ($1)
+         order by r.run_id
+           for no key update skip locked
+      ), runs as (
+        update durable.%2$I r
+           set state = 'completed', finished_at = $2
+         where r.run_id = any (array(select run_id from picked where live))
+        returning r.run_id, r.task_id
+      )
+      select array_agg(runs.run_id order by runs.run_id), array_agg(runs.task_id order by runs.run_id)
+        from runs$sql$),
+    v_ids, v_now)
+    into v_done_runs, v_done_tasks;
+
+  if v_done_runs is not null then
+    -- Their tasks. The results go as one object keyed by task id (absent for
+    -- SQL NULL), so that the update finds each task by primary key; results
+    -- may be large, so the statement takes them as a parameter (planned on
+    -- each call, once per batch) rather than quoted into a prepared call.
+    select jsonb_object_agg(d.tid::text, i.res) filter (where i.res is not null)
+      into v_task_results
+      from unnest(v_done_runs, v_done_tasks) d(rid, tid)
+      join unnest(v_ids, v_results) i(rid, res) on i.rid = d.rid;
+    execute format('update durable.%I
+                       set state = ''completed'', result = $2 -> task_id::text, finished_at = $3,
+                           key_held = false, cancel_deadline = null
+                     where task_id = any ($1)', 't_' || p_queue_name)
+      using v_done_tasks, v_task_results, v_now;
+
+    -- What _task_finished does for a completed task, for all of them at once.
+    execute format('execute %I(%L, %L)',
+      durable._prepared(p_queue_name, 'wake_all', '(text[], timestamptz)', $sql$
+        with woken as (
+          select r.run_id
+            from durable.%2$I r
+           where r.run_id = any (array(select w.run_id from durable.%5$I w where w.event_name = any ($1)))
+             and r.state = 'sleeping'
+             for no key update skip locked
+        ), runs as (
+          update durable.%2$I r
+             set state = 'pending', available_at = $2
+           where r.run_id = any (array(select run_id from woken))
+          returning r.task_id
+        ), tasks as (
+          update durable.%1$I t
+             set state = 'pending'
+           where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
+        )
+        select count(*) from runs$sql$),
+      array(select '$task:' || d.tid::text from unnest(v_done_tasks) d(tid)), v_now)
+      into v_woken;
+    if v_woken > 0 then
+      perform pg_notify('durable_' || p_queue_name, '');
+    end if;
+    execute format('execute %I(%L)',
+      durable._prepared(p_queue_name, 'unwait_all', '(uuid[])',
+        'delete from durable.%5$I where task_id = any ($1)'),
+      v_done_tasks);
+  end if;
+
+  -- Why the others did not complete (_raise_run_not_running's rules; a run
+  -- still running with a live lease was skipped as locked).
+  if v_done_runs is null or cardinality(v_done_runs) < cardinality(v_ids) then
+    select array_agg(m.id) into v_missing
+      from (select unnest(v_ids) except select unnest(v_done_runs)) m(id);
+    execute format('execute %I(%L, %L)',
+      durable._prepared(p_queue_name, 'complete_runs_why', '(uuid[], timestamptz)', $sql$
+        select jsonb_object_agg(m.run_id, coalesce(
+                 (select case
+                           when r.state = 'cancelled' then 'QD013'
+                           when r.state = 'running' and r.claim_expires_at > $2 then '55P03'
+                           when r.state = 'running'
+                                or (r.state = 'failed' and r.failure_reason ->> 'name' = 'claim_timeout') then 'QD012'
+                           else 'QD011'
+                         end
+                    from durable.%2$I r
+                   where r.run_id = m.run_id),
+                 'QD010'))
+          from unnest($1) m(run_id)$sql$),
+      v_missing, v_now)
+      into v_codes;
+  end if;
+
+  return query
+    select i.id, (v_codes ->> i.id::text) is null, v_codes ->> i.id::text
+      from unnest(v_ids) with ordinality i(id, ord)
+     order by i.ord;
+end;
+$$;
+-- end function: complete_runs
 update durable.schema_version set version = 4;
 \endif
 

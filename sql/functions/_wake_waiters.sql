@@ -1,6 +1,7 @@
 -- durable._wake_waiters(queue, wait_name, now): makes every sleeping run that
 -- waits for wait_name (an event name, or '$task:<id>' for a task's end)
--- claimable now.
+-- claimable now, and when it woke any, notifies durable_<queue> (pg_notify,
+-- delivered at commit) so that listening workers claim them at once.
 --
 -- Runs are locked with skip locked: a sleeping run that another transaction
 -- holds is being claimed, cancelled or woken, so it needs no wake-up from here
@@ -13,9 +14,11 @@ create or replace function durable._wake_waiters(p_queue_name text, p_wait_name 
 returns void
 language plpgsql
 as $$
+declare
+  v_woken bigint;
 begin
   execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'wake', '(text, timestamptz)', $sql$
+    durable._prepared(p_queue_name, 'wake_runs', '(text, timestamptz)', $sql$
       with woken as (
         select r.run_id
           from durable.%2$I r
@@ -27,10 +30,16 @@ begin
            set state = 'pending', available_at = $2
          where r.run_id = any (array(select run_id from woken))
         returning r.task_id
+      ), tasks as (
+        update durable.%1$I t
+           set state = 'pending'
+         where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
       )
-      update durable.%1$I t
-         set state = 'pending'
-       where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'$sql$),
-    p_wait_name, p_now);
+      select count(*) from runs$sql$),
+    p_wait_name, p_now)
+    into v_woken;
+  if v_woken > 0 then
+    perform pg_notify('durable_' || p_queue_name, '');
+  end if;
 end;
 $$;

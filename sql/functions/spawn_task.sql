@@ -37,6 +37,11 @@
 -- The parent's state is read without a lock: a spawn racing the parent's
 -- cancellation can create a child that the cascade does not see.
 --
+-- A created task available at once notifies durable_<queue> (pg_notify,
+-- delivered when the spawn commits), so that listening workers claim it
+-- without waiting for their next poll. A spawn that returns the key's holder
+-- notifies nothing.
+--
 -- Raises QD001 (invalid_queue_name), QD002 (queue_not_found), QD003
 -- (invalid_task_name), QD004 (invalid_idempotency_key), QD005
 -- (invalid_options), QD016 (parent_finished: the parent failed or was
@@ -121,6 +126,9 @@ begin
       using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
             v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
             v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
+    if v_available_at <= v_now then
+      perform pg_notify('durable_' || p_queue_name, '');
+    end if;
     return query select v_task_id, v_run_id, 1, true, 'pending'::text;
     return;
   end if;
@@ -156,6 +164,9 @@ begin
             v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
     get diagnostics v_inserted = row_count;
     if v_inserted = 1 then
+      if v_available_at <= v_now then
+        perform pg_notify('durable_' || p_queue_name, '');
+      end if;
       return query select v_task_id, v_run_id, 1, true, 'pending'::text;
       return;
     end if;

@@ -1,0 +1,195 @@
+-- durable.complete_runs(queue, runs): completes a batch of runs, each as
+-- complete_run would, and returns (run_id, completed, error_code) for every
+-- element of the batch, in input order.
+--
+-- p_runs is a JSON array of objects {"run_id": uuid, "result": any}; an
+-- element without "result" stores NULL, like complete_run's default. Every run
+-- that is running with a live lease is completed and its result stored on its
+-- task, which is completed, frees its key and drops its cancellation deadline;
+-- the runs waiting for the task wake and the task's own waits are deleted, as
+-- _task_finished does for a completed task. The other runs are left as they
+-- are and reported with completed = false and the code complete_run would
+-- raise for them: QD010 (run_not_found), QD011 (run_not_running), QD012
+-- (lease_lost) or QD013 (task_cancelled). One run that cannot complete does
+-- not stop the others.
+--
+-- A run that another transaction holds locked at that moment (cancelling it,
+-- or extending its lease) is not waited for: it is reported with 55P03
+-- (lock_not_available), and complete_run, which waits, settles it. A batch
+-- holding some runs must never wait for another: a cancellation cascading from
+-- a parent to its child locks the parent's run before the child's, an order
+-- that a batch holding both cannot promise to keep, so waiting could deadlock.
+--
+-- It is set-based: one statement completes the runs, one their tasks, one
+-- wakes the waiters and one deletes the waits, whatever the batch's size (and
+-- one more reads why the others did not complete, when some did not); they are
+-- prepared once per session (_prepared) and run with generic plans. When it
+-- wakes a run it notifies durable_<queue>, like _wake_waiters.
+--
+-- Locks the runs in run_id order with `for no key update skip locked`, then
+-- their tasks (runs before tasks, the order every function keeps), then the
+-- sleeping runs it wakes (skip locked) and their tasks. Raises QD001, QD002 and
+-- QD006 (invalid_argument: p_runs is not an array of at most 10000 objects
+-- with a uuid "run_id" and no keys but "run_id" and "result", or names a run
+-- twice); nothing is written then.
+create or replace function durable.complete_runs(
+  p_queue_name text,
+  p_runs jsonb)
+returns table (run_id uuid, completed boolean, error_code text)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+as $$
+declare
+  v_now timestamptz := durable.current_time();
+  v_bad bigint;
+  v_ids uuid[];
+  v_results jsonb[];
+  v_dup uuid;
+  v_done_runs uuid[];
+  v_done_tasks uuid[];
+  v_task_results jsonb;
+  v_woken bigint;
+  v_missing uuid[];
+  v_codes jsonb;
+begin
+  perform durable._require_queue(p_queue_name);
+  if jsonb_typeof(p_runs) is distinct from 'array' then
+    raise exception 'complete_runs takes a JSON array of {"run_id": ..., "result": ...} objects, got %',
+      coalesce(left(p_runs::text, 200), 'NULL')
+      using errcode = 'QD006';
+  end if;
+  if jsonb_array_length(p_runs) > 10000 then
+    raise exception 'complete_runs takes at most 10000 runs at once, got %', jsonb_array_length(p_runs)
+      using errcode = 'QD006', hint = 'Split the batch.';
+  end if;
+  select e.ord into v_bad
+    from jsonb_array_elements(p_runs) with ordinality e(elem, ord)
+   where case
+           when jsonb_typeof(e.elem) <> 'object' then true
+           else jsonb_typeof(e.elem -> 'run_id') is distinct from 'string'
+                or e.elem - 'run_id' - 'result' <> '{}'::jsonb
+         end
+   order by e.ord
+   limit 1;
+  if v_bad is not null then
+    raise exception 'element % of complete_runs'' array is not an object {"run_id": uuid, "result": any} with no other keys: %',
+      v_bad, left((p_runs -> (v_bad::integer - 1))::text, 200)
+      using errcode = 'QD006', hint = 'Each element names a run_id (a uuid) and, optionally, the result.';
+  end if;
+  begin
+    select array_agg((e.elem ->> 'run_id')::uuid order by e.ord), array_agg(e.elem -> 'result' order by e.ord)
+      into v_ids, v_results
+      from jsonb_array_elements(p_runs) with ordinality e(elem, ord);
+  exception when invalid_text_representation then
+    raise exception 'complete_runs: a run_id is not a uuid: %', sqlerrm
+      using errcode = 'QD006';
+  end;
+  if v_ids is null then
+    return;
+  end if;
+  select d.id into v_dup from unnest(v_ids) d(id) group by d.id having count(*) > 1 limit 1;
+  if v_dup is not null then
+    raise exception 'complete_runs names run % more than once', v_dup
+      using errcode = 'QD006';
+  end if;
+
+  -- The runs, in run_id order, skipping those another transaction holds. The
+  -- runs are found by primary key only, and tested once locked: a test in the
+  -- where clause would let a generic plan read the lease index, every running
+  -- run of the queue, instead.
+  execute format('execute %I(%L, %L)',
+    durable._prepared(p_queue_name, 'complete_runs', '(uuid[], timestamptz)', $sql$
+      with picked as (
+        select r.run_id, r.state = 'running' and r.claim_expires_at > $2 as live
+          from durable.%2$I r
+         where r.run_id = any ($1)
+         order by r.run_id
+           for no key update skip locked
+      ), runs as (
+        update durable.%2$I r
+           set state = 'completed', finished_at = $2
+         where r.run_id = any (array(select run_id from picked where live))
+        returning r.run_id, r.task_id
+      )
+      select array_agg(runs.run_id order by runs.run_id), array_agg(runs.task_id order by runs.run_id)
+        from runs$sql$),
+    v_ids, v_now)
+    into v_done_runs, v_done_tasks;
+
+  if v_done_runs is not null then
+    -- Their tasks. The results go as one object keyed by task id (absent for
+    -- SQL NULL), so that the update finds each task by primary key; results
+    -- may be large, so the statement takes them as a parameter (planned on
+    -- each call, once per batch) rather than quoted into a prepared call.
+    select jsonb_object_agg(d.tid::text, i.res) filter (where i.res is not null)
+      into v_task_results
+      from unnest(v_done_runs, v_done_tasks) d(rid, tid)
+      join unnest(v_ids, v_results) i(rid, res) on i.rid = d.rid;
+    execute format('update durable.%I
+                       set state = ''completed'', result = $2 -> task_id::text, finished_at = $3,
+                           key_held = false, cancel_deadline = null
+                     where task_id = any ($1)', 't_' || p_queue_name)
+      using v_done_tasks, v_task_results, v_now;
+
+    -- What _task_finished does for a completed task, for all of them at once.
+    execute format('execute %I(%L, %L)',
+      durable._prepared(p_queue_name, 'wake_all', '(text[], timestamptz)', $sql$
+        with woken as (
+          select r.run_id
+            from durable.%2$I r
+           where r.run_id = any (array(select w.run_id from durable.%5$I w where w.event_name = any ($1)))
+             and r.state = 'sleeping'
+             for no key update skip locked
+        ), runs as (
+          update durable.%2$I r
+             set state = 'pending', available_at = $2
+           where r.run_id = any (array(select run_id from woken))
+          returning r.task_id
+        ), tasks as (
+          update durable.%1$I t
+             set state = 'pending'
+           where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
+        )
+        select count(*) from runs$sql$),
+      array(select '$task:' || d.tid::text from unnest(v_done_tasks) d(tid)), v_now)
+      into v_woken;
+    if v_woken > 0 then
+      perform pg_notify('durable_' || p_queue_name, '');
+    end if;
+    execute format('execute %I(%L)',
+      durable._prepared(p_queue_name, 'unwait_all', '(uuid[])',
+        'delete from durable.%5$I where task_id = any ($1)'),
+      v_done_tasks);
+  end if;
+
+  -- Why the others did not complete (_raise_run_not_running's rules; a run
+  -- still running with a live lease was skipped as locked).
+  if v_done_runs is null or cardinality(v_done_runs) < cardinality(v_ids) then
+    select array_agg(m.id) into v_missing
+      from (select unnest(v_ids) except select unnest(v_done_runs)) m(id);
+    execute format('execute %I(%L, %L)',
+      durable._prepared(p_queue_name, 'complete_runs_why', '(uuid[], timestamptz)', $sql$
+        select jsonb_object_agg(m.run_id, coalesce(
+                 (select case
+                           when r.state = 'cancelled' then 'QD013'
+                           when r.state = 'running' and r.claim_expires_at > $2 then '55P03'
+                           when r.state = 'running'
+                                or (r.state = 'failed' and r.failure_reason ->> 'name' = 'claim_timeout') then 'QD012'
+                           else 'QD011'
+                         end
+                    from durable.%2$I r
+                   where r.run_id = m.run_id),
+                 'QD010'))
+          from unnest($1) m(run_id)$sql$),
+      v_missing, v_now)
+      into v_codes;
+  end if;
+
+  return query
+    select i.id, (v_codes ->> i.id::text) is null, v_codes ->> i.id::text
+      from unnest(v_ids) with ordinality i(id, ord)
+     order by i.ord;
+end;
+$$;
