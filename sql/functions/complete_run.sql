@@ -24,9 +24,12 @@ declare
 begin
   perform durable._require_queue(p_queue_name);
   execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'complete_run', '(uuid, timestamptz)',
+    durable._prepared(p_queue_name, 'complete_run_by_id', '(uuid, timestamptz)',
+      -- The state test is a case so that no generic plan can read the lease
+      -- index (every running run) instead of the primary key.
       'update durable.%2$I set state = ''completed'', finished_at = $2
-        where run_id = $1 and state = ''running'' and claim_expires_at > $2
+        where run_id = $1
+          and case when state = ''running'' then claim_expires_at > $2 else false end
        returning task_id'),
     p_run_id, v_now)
     into v_task_id;

@@ -24,9 +24,12 @@ begin
       using errcode = 'QD006';
   end if;
   execute format('execute %I(%L, %L, %L)',
-    durable._prepared(p_queue_name, 'extend', '(uuid, timestamptz, integer)',
+    durable._prepared(p_queue_name, 'extend_by_id', '(uuid, timestamptz, integer)',
+      -- The state test is a case so that no generic plan can read the lease
+      -- index (every running run) instead of the primary key.
       'update durable.%2$I set claim_expires_at = $2 + make_interval(secs => $3)
-        where run_id = $1 and state = ''running'' and claim_expires_at > $2
+        where run_id = $1
+          and case when state = ''running'' then claim_expires_at > $2 else false end
        returning claim_expires_at'),
     p_run_id, v_now, p_extend_by)
     into v_expires;

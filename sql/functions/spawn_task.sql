@@ -72,7 +72,6 @@ declare
   v_task_id uuid := gen_random_uuid();
   v_run_id uuid := gen_random_uuid();
   v_inserted integer;
-  v_try integer;
   v_parent_state text;
 begin
   perform durable._require_queue(p_queue_name);
@@ -109,11 +108,8 @@ begin
     end if;
   end if;
 
-  if p_idempotency_key is not null then
-    v_key_hash := sha256(convert_to('k:' || p_idempotency_key, 'UTF8'));
-  elsif p_only_once then
-    v_key_hash := sha256(convert_to('o:' || jsonb_build_array(p_task_name, v_params)::text, 'UTF8'));
-  else
+  v_key_hash := durable._key_hash(p_task_name, v_params, p_only_once, p_idempotency_key);
+  if v_key_hash is null then
     execute format($sql$
       with task as (
         insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
@@ -172,8 +168,8 @@ begin
     end if;
   end loop;
 
-  raise exception 'could not spawn task % in queue %: its key changed hands % times in a row',
-    quote_literal(p_task_name), quote_literal(p_queue_name), v_try
+  raise exception 'could not spawn task % in queue %: its key changed hands 5 times in a row',
+    quote_literal(p_task_name), quote_literal(p_queue_name)
     using errcode = '40001',
           hint = 'Retry the spawn.';
 end;
