@@ -56,7 +56,7 @@ tps() {
   local script=$1 clients=$2; shift 2
   "$pgbench" -n -M prepared -c "$clients" -j "$(( clients < 2 ? clients : 2 ))" "$@" \
     -f "bench/pgbench/$script" "$url" 2>&1 |
-    awk -v per="${per:-1}" '/^tps/ { printf "%.0f", $3 * per; found=1 } END { if (!found) exit 1 }' ||
+    awk -v per="${rows_per_tx:-1}" '/^tps/ { printf "%.0f", $3 * per; found=1 } END { if (!found) exit 1 }' ||
     { echo "pgbench failed on $script" >&2; "$pgbench" -n -M prepared -c "$clients" "$@" -f "bench/pgbench/$script" "$url" >&2 || true; exit 1; }
 }
 
@@ -85,8 +85,8 @@ done
 # Batches of 1,000 tasks without keys (spawn_tasks), in rows per second,
 # beside one multi-row insert of the same tasks and runs, and beside single
 # no-key spawns (one round trip per task).
-reset_queue; settle; d=$(per=1000 tps spawn_batch.sql 1 -T "$secs")
-reset_queue; settle; r=$(per=1000 tps spawn_batch.ref.sql 1 -T "$secs")
+reset_queue; settle; d=$(rows_per_tx=1000 tps spawn_batch.sql 1 -T "$secs")
+reset_queue; settle; r=$(rows_per_tx=1000 tps spawn_batch.ref.sql 1 -T "$secs")
 row "batch spawn (rows/s), 1,000 per call" 1 "$d" "$r"
 row "  batch vs single spawn rows/s (target >= 10)" 1 "$d" "$nokey1"
 
