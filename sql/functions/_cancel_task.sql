@@ -60,7 +60,7 @@ begin
                          key_held = false, cancel_deadline = null
                    where task_id = $1', v_t)
     using p_task_id, p_now, p_reason;
-  perform durable._task_finished(p_queue_name, p_task_id, 'cancelled', p_now);
+  perform durable._task_finished(p_queue_name, array[p_task_id], 'cancelled', p_now);
   return 'cancelled';
 end;
 $$;

@@ -41,7 +41,7 @@ begin
                            cancel_deadline = null
                      where task_id = $1', v_t)
       using p_task_id, p_reason, p_now;
-    perform durable._task_finished(p_queue_name, p_task_id, 'failed', p_now);
+    perform durable._task_finished(p_queue_name, array[p_task_id], 'failed', p_now);
     return 'failed';
   end if;
 

@@ -1,12 +1,13 @@
--- durable._task_finished(queue, task_id, state, now): what follows a task's
--- end, whatever ended it: runs waiting for it (await_task_result) wake, its
--- own waits are deleted, and when it failed or was cancelled its unfinished
--- children are cancelled, with a reason naming it (recursively, through
--- _cancel_task). The caller has
--- locked and updated the task. Raises nothing of its own.
+-- durable._task_finished(queue, task_ids, state, now): what follows the end of
+-- tasks that ended the same way (state), whatever ended them: runs waiting for
+-- them (await_task_result) wake, their own waits are deleted, and when they
+-- failed or were cancelled their unfinished children are cancelled, with a
+-- reason naming the parent (recursively, through _cancel_task). One call for a
+-- batch (complete_runs) costs one statement per step, as for one task. The
+-- caller has locked and updated the tasks. Raises nothing of its own.
 create or replace function durable._task_finished(
   p_queue_name text,
-  p_task_id uuid,
+  p_task_ids uuid[],
   p_state text,
   p_now timestamptz)
 returns void
@@ -14,21 +15,23 @@ language plpgsql
 as $$
 declare
   v_child uuid;
+  v_parent uuid;
 begin
-  perform durable._wake_waiters(p_queue_name, '$task:' || p_task_id::text, p_now);
+  perform durable._wake_waiters(p_queue_name,
+    array(select '$task:' || t.id::text from unnest(p_task_ids) t(id)), p_now);
   execute format('execute %I(%L)',
-    durable._prepared(p_queue_name, 'unwait', '(uuid)', 'delete from durable.%5$I where task_id = $1'),
-    p_task_id);
+    durable._prepared(p_queue_name, 'unwait', '(uuid[])', 'delete from durable.%5$I where task_id = any ($1)'),
+    p_task_ids);
   if p_state in ('failed', 'cancelled') then
-    for v_child in execute format('select task_id from durable.%I
-                                    where parent_task_id = $1 and state in (''pending'', ''sleeping'', ''running'')
+    for v_child, v_parent in execute format('select task_id, parent_task_id from durable.%I
+                                    where parent_task_id = any ($1) and state in (''pending'', ''sleeping'', ''running'')
                                     order by task_id', 't_' || p_queue_name)
-      using p_task_id
+      using p_task_ids
     loop
       perform durable._cancel_task(p_queue_name, v_child,
         jsonb_build_object('name', 'parent_' || p_state,
-                           'message', format('parent task %s %s', p_task_id, p_state),
-                           'parent_task_id', p_task_id),
+                           'message', format('parent task %s %s', v_parent, p_state),
+                           'parent_task_id', v_parent),
         p_now, false);
     end loop;
   end if;

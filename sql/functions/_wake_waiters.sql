@@ -1,5 +1,5 @@
--- durable._wake_waiters(queue, wait_name, now): makes every sleeping run that
--- waits for wait_name (an event name, or '$task:<id>' for a task's end)
+-- durable._wake_waiters(queue, wait_names, now): makes every sleeping run that
+-- waits for one of wait_names (event names, or '$task:<id>' for a task's end)
 -- claimable now, and when it woke any, notifies durable_<queue> (pg_notify,
 -- delivered at commit) so that listening workers claim them at once.
 --
@@ -10,7 +10,7 @@
 -- here could close a cycle with a cancellation cascading the other way.
 -- Locks the runs, then their tasks. Prepared once per session (_prepared); the
 -- caller runs with generic plans. Raises nothing of its own.
-create or replace function durable._wake_waiters(p_queue_name text, p_wait_name text, p_now timestamptz)
+create or replace function durable._wake_waiters(p_queue_name text, p_wait_names text[], p_now timestamptz)
 returns void
 language plpgsql
 as $$
@@ -18,11 +18,11 @@ declare
   v_woken bigint;
 begin
   execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'wake_runs', '(text, timestamptz)', $sql$
+    durable._prepared(p_queue_name, 'wake', '(text[], timestamptz)', $sql$
       with woken as (
         select r.run_id
           from durable.%2$I r
-         where r.run_id = any (array(select w.run_id from durable.%5$I w where w.event_name = $1))
+         where r.run_id = any (array(select w.run_id from durable.%5$I w where w.event_name = any ($1)))
            and r.state = 'sleeping'
            for no key update skip locked
       ), runs as (
@@ -36,7 +36,7 @@ begin
          where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
       )
       select count(*) from runs$sql$),
-    p_wait_name, p_now)
+    p_wait_names, p_now)
     into v_woken;
   if v_woken > 0 then
     perform pg_notify('durable_' || p_queue_name, '');

@@ -42,6 +42,6 @@ begin
           set state = ''completed'', result = $2, finished_at = $3, key_held = false, cancel_deadline = null
         where task_id = $1'),
     v_task_id, p_result, v_now);
-  perform durable._task_finished(p_queue_name, v_task_id, 'completed', v_now);
+  perform durable._task_finished(p_queue_name, array[v_task_id], 'completed', v_now);
 end;
 $$;

@@ -20,11 +20,12 @@
 -- a parent to its child locks the parent's run before the child's, an order
 -- that a batch holding both cannot promise to keep, so waiting could deadlock.
 --
--- It is set-based: one statement completes the runs, one their tasks, one
--- wakes the waiters and one deletes the waits, whatever the batch's size (and
--- one more reads why the others did not complete, when some did not); they are
--- prepared once per session (_prepared) and run with generic plans. When it
--- wakes a run it notifies durable_<queue>, like _wake_waiters.
+-- It is set-based: one statement completes the runs, one their tasks, and
+-- _task_finished (the same one complete_run uses) wakes their waiters and
+-- deletes their waits for the whole batch, whatever its size (one more
+-- statement reads why the others did not complete, when some did not). The
+-- run statements are prepared once per session (_prepared) and run with
+-- generic plans.
 --
 -- Locks the runs in run_id order with `for no key update skip locked`, then
 -- their tasks (runs before tasks, the order every function keeps), then the
@@ -50,7 +51,6 @@ declare
   v_done_runs uuid[];
   v_done_tasks uuid[];
   v_task_results jsonb;
-  v_woken bigint;
   v_missing uuid[];
   v_codes jsonb;
 begin
@@ -133,35 +133,7 @@ begin
                      where task_id = any ($1)', 't_' || p_queue_name)
       using v_done_tasks, v_task_results, v_now;
 
-    -- What _task_finished does for a completed task, for all of them at once.
-    execute format('execute %I(%L, %L)',
-      durable._prepared(p_queue_name, 'wake_all', '(text[], timestamptz)', $sql$
-        with woken as (
-          select r.run_id
-            from durable.%2$I r
-           where r.run_id = any (array(select w.run_id from durable.%5$I w where w.event_name = any ($1)))
-             and r.state = 'sleeping'
-             for no key update skip locked
-        ), runs as (
-          update durable.%2$I r
-             set state = 'pending', available_at = $2
-           where r.run_id = any (array(select run_id from woken))
-          returning r.task_id
-        ), tasks as (
-          update durable.%1$I t
-             set state = 'pending'
-           where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
-        )
-        select count(*) from runs$sql$),
-      array(select '$task:' || d.tid::text from unnest(v_done_tasks) d(tid)), v_now)
-      into v_woken;
-    if v_woken > 0 then
-      perform pg_notify('durable_' || p_queue_name, '');
-    end if;
-    execute format('execute %I(%L)',
-      durable._prepared(p_queue_name, 'unwait_all', '(uuid[])',
-        'delete from durable.%5$I where task_id = any ($1)'),
-      v_done_tasks);
+    perform durable._task_finished(p_queue_name, v_done_tasks, 'completed', v_now);
   end if;
 
   -- Why the others did not complete (_raise_run_not_running's rules; a run

@@ -31,7 +31,7 @@ begin
   if v_inserted = 0 then
     return false;
   end if;
-  perform durable._wake_waiters(p_queue_name, p_event_name, v_now);
+  perform durable._wake_waiters(p_queue_name, array[p_event_name], v_now);
   return true;
 end;
 $$;
