@@ -36,6 +36,8 @@ var queueCalls = []string{
 	"select durable.extend_claim($1, '" + someUUID + "', 30)",
 	"select durable.cancel_task($1, '" + someUUID + "')",
 	"select * from durable.get_task_result($1, '" + someUUID + "')",
+	"select durable.register_waiter($1)",
+	"select durable.unregister_waiter($1)",
 }
 
 // TestBadQueueNames: every function refuses a name that cannot be a queue

@@ -21,12 +21,22 @@ import (
 	"github.com/durable-go/durable/internal/testdb"
 )
 
-// ntListen returns a connection of pool listening on the queue's channel.
+// ntListen returns a connection of pool listening on the queue's channel and
+// registered as a waiter.
 func ntListen(t *testing.T, pool *pgxpool.Pool, q string) *pgxpool.Conn {
 	t.Helper()
 	conn := acquireConns(t, pool, 1)[0]
 	mustExec(t, conn, "listen "+pgx.Identifier{"durable_" + q}.Sanitize())
+	require.True(t, ntRegister(t, conn, q))
 	return conn
+}
+
+// ntRegister calls register_waiter on conn.
+func ntRegister(t *testing.T, conn *pgxpool.Conn, q string) bool {
+	t.Helper()
+	var ok bool
+	require.NoError(t, conn.QueryRow(context.Background(), "select durable.register_waiter($1)", q).Scan(&ok))
+	return ok
 }
 
 // ntExpect asserts that conn receives a notification on the queue's channel
@@ -122,6 +132,109 @@ func TestNotifyWhenRunClaimable(t *testing.T) {
 	expect(true, "complete_runs waking the parent")
 }
 
+// TestNotifyOnlyRegisteredWaiters: a transaction that makes a run claimable
+// notifies only when some session is registered as a waiter; a registration
+// refused while a spawn that notified nobody is uncommitted, and granted after
+// its commit, is followed by a claim that sees that spawn's run.
+func TestNotifyOnlyRegisteredWaiters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testdb.ClonePool(t, 5)
+	q := newQueue(t, pool)
+	conns := acquireConns(t, pool, 2)
+	unregistered, waiter := conns[0], conns[1]
+	for _, c := range conns {
+		mustExec(t, c, "listen "+pgx.Identifier{"durable_" + q}.Sanitize())
+	}
+	registrations := func() int {
+		var n int
+		require.NoError(t, pool.QueryRow(ctx,
+			`select count(*) from pg_locks where locktype = 'advisory' and classid = 1685418594 and pid = $1`,
+			waiter.Conn().PgConn().PID()).Scan(&n))
+		return n
+	}
+
+	spawn(t, pool, spawnCall{queue: q, task: "t", params: str(`{}`)})
+	ntExpect(t, waiter, q, false, "spawn with no waiter registered")
+
+	require.True(t, ntRegister(t, waiter, q))
+	require.True(t, ntRegister(t, waiter, q), "registering twice")
+	require.Equal(t, 1, registrations())
+	spawn(t, pool, spawnCall{queue: q, task: "t", params: str(`{}`)})
+	ntExpect(t, waiter, q, true, "spawn with a waiter registered")
+	ntExpect(t, unregistered, q, true, "the channel's other listener hears it too")
+
+	mustExec(t, waiter, "select durable.unregister_waiter($1)", q)
+	require.Equal(t, 0, registrations())
+	mustExec(t, waiter, "select durable.unregister_waiter($1)", q) // not registered: nothing to do
+	spawn(t, pool, spawnCall{queue: q, task: "t", params: str(`{}`)})
+	ntExpect(t, waiter, q, false, "spawn after unregistering")
+
+	// A spawn deciding not to notify holds the queue's gate until it ends.
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	inflight := spawn(t, tx, spawnCall{queue: q, task: "t", params: str(`{}`)})
+	require.False(t, ntRegister(t, waiter, q), "registering while a spawn that notified nobody is uncommitted")
+	require.Equal(t, 0, registrations())
+	require.NoError(t, tx.Commit(ctx))
+	require.True(t, ntRegister(t, waiter, q))
+	var ids []durable.UUID
+	for _, r := range claim(t, pool, q, "w", 30, 10) {
+		ids = append(ids, r.TaskID)
+	}
+	require.Contains(t, ids, inflight.TaskID, "the claim after registering sees the spawn that notified nobody")
+	ntExpect(t, waiter, q, false, "nothing spawned since")
+
+	// A rolled-back spawn releases the gate too.
+	require.NoError(t, waiter.Conn().Close(ctx))
+	tx, err = pool.Begin(ctx)
+	require.NoError(t, err)
+	spawn(t, tx, spawnCall{queue: q, task: "t", params: str(`{}`)})
+	require.NoError(t, tx.Rollback(ctx))
+	var ok bool
+	require.NoError(t, pool.QueryRow(ctx, "select durable.register_waiter($1)", q).Scan(&ok))
+	require.True(t, ok)
+
+}
+
+// TestWorkerNoLostWakeUps: with polling practically off (one hour), 8
+// spawners racing one idle-going worker get all 400 tasks started: every
+// wake-up the worker needs reaches it.
+func TestWorkerNoLostWakeUps(t *testing.T) {
+	t.Parallel()
+	env := newWorkerEnv(t, "notify_no_loss")
+	w := env.newWorker(durable.WorkerConfig{PollInterval: time.Hour, Concurrency: 2})
+	const spawners, each = 8, 50
+	started := make(chan durable.UUID, spawners*each)
+	w.Register("t", func(ctx context.Context, task *durable.Task) (any, error) {
+		started <- task.TaskID
+		return nil, nil
+	})
+	env.run(w)
+	env.ntListening(t, 0)
+
+	errs := make(chan error, spawners)
+	for i := 0; i < spawners; i++ {
+		go func(seed int) {
+			for j := 0; j < each; j++ {
+				if _, err := env.c.Spawn(env.ctx, env.queue, "t", nil, nil); err != nil {
+					errs <- err
+					return
+				}
+				time.Sleep(time.Duration((seed*7+j*13)%4) * time.Millisecond)
+			}
+			errs <- nil
+		}(i)
+	}
+	for i := 0; i < spawners; i++ {
+		require.NoError(t, <-errs)
+	}
+	seen := map[durable.UUID]bool{}
+	for len(seen) < spawners*each {
+		seen[recvWithin(t, started, 20*time.Second, fmt.Sprintf("start %d of %d", len(seen)+1, spawners*each))] = true
+	}
+}
+
 // ntListening waits until a backend of the worker's database runs LISTEN on
 // the queue's channel and returns its pid.
 func (env *workerEnv) ntListening(t *testing.T, notPID int) int {
@@ -131,7 +244,8 @@ func (env *workerEnv) ntListening(t *testing.T, notPID int) int {
 	require.Eventually(t, func() bool {
 		err := env.pool.QueryRow(env.ctx,
 			`select pid from pg_stat_activity
-			  where datname = current_database() and query = $1 and pid <> $2`, query, notPID).Scan(&pid)
+			  where datname = current_database() and pid <> $2
+			    and (query = $1 or query like 'select durable.%register_waiter($1)')`, query, notPID).Scan(&pid)
 		return err == nil
 	}, workerWaitLimit, 10*time.Millisecond, "no backend listens on the queue's channel")
 	return pid

@@ -888,8 +888,7 @@ func TestSpawnManyNotifies(t *testing.T) {
 	ctx := context.Background()
 	pool := testdb.ClonePool(t, 4)
 	q := newQueue(t, pool)
-	listener := acquireConns(t, pool, 1)[0]
-	mustExec(t, listener, "listen "+pgx.Identifier{"durable_" + q}.Sanitize())
+	listener := ntListen(t, pool, q)
 	expect := func(want bool, what string) {
 		t.Helper()
 		limit := 300 * time.Millisecond

@@ -178,7 +178,7 @@ func TestTaskManySteps(t *testing.T) {
 	t.Parallel()
 	env := newWorkerEnv(t, "many")
 	const n = 60
-	w := env.newWorker(durable.WorkerConfig{})
+	w := env.newWorker(durable.WorkerConfig{ClaimTimeout: 10 * time.Second}) // no lease loss on a loaded machine
 	var calls atomic.Int32
 	w.Register("long", func(ctx context.Context, task *durable.Task) (any, error) {
 		sum := 0
@@ -209,7 +209,7 @@ func TestTaskManySteps(t *testing.T) {
 func TestTaskLargeStepResult(t *testing.T) {
 	t.Parallel()
 	env := newWorkerEnv(t, "large")
-	w := env.newWorker(durable.WorkerConfig{})
+	w := env.newWorker(durable.WorkerConfig{ClaimTimeout: 10 * time.Second}) // no lease loss on a loaded machine
 	var calls atomic.Int32
 	digests := make(chan string, 2)
 	w.Register("big", func(ctx context.Context, task *durable.Task) (any, error) {

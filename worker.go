@@ -44,9 +44,12 @@ type WorkerConfig struct {
 	// every PollInterval as the only way the worker finds new work. By
 	// default (false) the worker keeps one connection of its own, taken out
 	// of the client's *pgxpool.Pool (which opens another in its place),
-	// listening on the channel durable_<queue>, which the schema notifies
-	// whenever a run of the queue becomes claimable now; the worker then
-	// claims at once, and still polls for runs that become due by the clock.
+	// listening on the channel durable_<queue>. When a claim finds nothing,
+	// that connection registers as a waiter (durable.register_waiter), and
+	// from then on the schema notifies the channel whenever a run of the
+	// queue becomes claimable now; the worker then claims at once, and still
+	// polls for runs that become due by the clock. A notification ends the
+	// registration, so that spawns do not notify a busy worker.
 	// When that connection cannot be had or is lost, the worker polls and
 	// tries to listen again with backoff. Set DisableNotify when the database
 	// is reached through a transaction-mode pooler (PgBouncer's
@@ -96,6 +99,10 @@ const (
 	listenCheckInterval = 30 * time.Second
 	// listenTimeout bounds taking the listening connection and each ping.
 	listenTimeout = 10 * time.Second
+	// waiterRetry is how soon an idle worker claims again when it could not
+	// register as a waiter because spawns that notified nobody were still
+	// uncommitted (see durable.register_waiter).
+	waiterRetry = 10 * time.Millisecond
 )
 
 // Task is a claimed run as its handler sees it. Beyond its fields, it makes
@@ -405,6 +412,7 @@ type runState struct {
 	inflight map[*execution]struct{}
 	freed    chan struct{} // signalled (without blocking) when a run ends
 	wake     chan struct{} // signalled (without blocking) by a notification
+	lst      *listener     // the listening connection, while it listens
 
 	completer *completer
 }
@@ -434,6 +442,7 @@ func (rs *runState) active() int {
 func (rs *runState) claimLoop(ctx context.Context) {
 	w := rs.w
 	failures := 0
+	justRegistered := false
 	for ctx.Err() == nil {
 		free := w.cfg.Concurrency - rs.active()
 		if free <= 0 {
@@ -460,14 +469,28 @@ func (rs *runState) claimLoop(ctx context.Context) {
 		if len(runs) == n {
 			continue // there may be more: claim again at once
 		}
-		rs.idle(ctx)
+		if justRegistered {
+			justRegistered = false
+			rs.idle(ctx, w.cfg.PollInterval)
+			continue
+		}
+		switch rs.registerWaiter(ctx) {
+		case waiterRegistered:
+			// Runs made claimable before the registration notified nobody:
+			// claim once more before waiting.
+			justRegistered = true
+		case waiterBusy:
+			rs.idle(ctx, min(w.cfg.PollInterval, waiterRetry))
+		default:
+			rs.idle(ctx, w.cfg.PollInterval)
+		}
 	}
 }
 
-// idle waits PollInterval, or until a notification says that a run became
-// claimable, or ctx ends.
-func (rs *runState) idle(ctx context.Context) {
-	t := time.NewTimer(rs.w.cfg.PollInterval)
+// idle waits d, or until a notification says that a run became claimable,
+// or ctx ends.
+func (rs *runState) idle(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
@@ -1046,10 +1069,77 @@ func (rs *runState) listen(ctx context.Context) {
 	}
 }
 
+// listener is the claim loop's handle on the listening connection.
+type listener struct {
+	req  chan chan waiterState // registration requests from the claim loop
+	done chan struct{}         // closed when the connection stops listening
+
+	mu        sync.Mutex
+	interrupt context.CancelFunc // ends the current wait for a notification
+}
+
+func (l *listener) setInterrupt(f context.CancelFunc) {
+	l.mu.Lock()
+	l.interrupt = f
+	l.mu.Unlock()
+}
+
+// waiterState is the answer to a registration as a waiter (see
+// durable.register_waiter).
+type waiterState int
+
+const (
+	// notListening: no connection listens; poll.
+	notListening waiterState = iota
+	// waiterRegistered: newly registered; claim once more, then wait.
+	waiterRegistered
+	// waiterAlready: registered before; wait.
+	waiterAlready
+	// waiterBusy: spawns that notified nobody have not committed yet; claim
+	// again after waiterRetry.
+	waiterBusy
+)
+
+// registerWaiter registers the worker's listening connection as a waiter
+// of the queue, so that spawns notify it; the listening goroutine does it,
+// since the registration belongs to that connection's session.
+func (rs *runState) registerWaiter(ctx context.Context) waiterState {
+	rs.mu.Lock()
+	l := rs.lst
+	rs.mu.Unlock()
+	if l == nil {
+		return notListening
+	}
+	reply := make(chan waiterState, 1)
+	select {
+	case l.req <- reply:
+	case <-l.done:
+		return notListening
+	case <-ctx.Done():
+		return notListening
+	}
+	l.mu.Lock()
+	if l.interrupt != nil {
+		l.interrupt()
+	}
+	l.mu.Unlock()
+	select {
+	case s := <-reply:
+		return s
+	case <-l.done:
+		return notListening
+	case <-ctx.Done():
+		return notListening
+	}
+}
+
 // listenOn takes a connection out of the pool, listens on channel and waits
 // for notifications until ctx ends or the connection fails, pinging it when
-// it has been silent for listenCheckInterval. It reports whether LISTEN
-// succeeded, and why it stopped.
+// it has been silent for listenCheckInterval. Between waits it registers the
+// connection as a waiter when the claim loop asks (registerWaiter), and
+// unregisters it when a notification arrives, so that spawns stop notifying
+// while the worker is busy. It reports whether LISTEN succeeded, and why it
+// stopped.
 func (rs *runState) listenOn(ctx context.Context, acq connAcquirer, channel string) (listened bool, err error) {
 	actx, cancel := context.WithTimeout(ctx, listenTimeout)
 	pc, err := acq.Acquire(actx)
@@ -1058,7 +1148,8 @@ func (rs *runState) listenOn(ctx context.Context, acq connAcquirer, channel stri
 		return false, err
 	}
 	// The connection is the worker's from now on: the pool opens another in
-	// its place, and never hands out one that listens.
+	// its place, and never hands out one that listens. Closing it ends its
+	// registration as a waiter.
 	conn := pc.Hijack()
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -1072,18 +1163,75 @@ func (rs *runState) listenOn(ctx context.Context, acq connAcquirer, channel stri
 		return false, err
 	}
 	rs.w.logger.Debug("durable: listening for notifications", "channel", channel)
+
+	l := &listener{req: make(chan chan waiterState, 1), done: make(chan struct{})}
+	rs.mu.Lock()
+	rs.lst = l
+	rs.mu.Unlock()
+	defer func() {
+		rs.mu.Lock()
+		rs.lst = nil
+		rs.mu.Unlock()
+		close(l.done)
+	}()
 	rs.notify() // runs may have become claimable while nobody listened
+
+	registered := false
+	call := func(sql string, dest ...any) error {
+		cctx, cancel := context.WithTimeout(ctx, listenTimeout)
+		defer cancel()
+		if len(dest) == 0 {
+			_, err := conn.Exec(cctx, sql, rs.w.cfg.Queue)
+			return err
+		}
+		return conn.QueryRow(cctx, sql, rs.w.cfg.Queue).Scan(dest...)
+	}
 	for {
 		wctx, cancel := context.WithTimeout(ctx, listenCheckInterval)
+		// The interrupt is in place before the request channel is looked at,
+		// so a request sent after this look interrupts the wait below.
+		l.setInterrupt(cancel)
+		select {
+		case reply := <-l.req:
+			l.setInterrupt(nil)
+			cancel()
+			state := waiterAlready
+			if !registered {
+				var ok bool
+				if err := call("select durable.register_waiter($1)", &ok); err != nil {
+					reply <- notListening
+					return true, err
+				}
+				registered, state = ok, waiterRegistered
+				if !ok {
+					state = waiterBusy
+				}
+			}
+			reply <- state
+			continue
+		default:
+		}
 		_, err := conn.WaitForNotification(wctx)
-		timedOut := wctx.Err() != nil
+		l.setInterrupt(nil)
+		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
+		interrupted := errors.Is(wctx.Err(), context.Canceled)
 		cancel()
 		switch {
 		case err == nil:
 			rs.notify()
+			if registered {
+				registered = false
+				if err := call("select durable.unregister_waiter($1)"); err != nil {
+					return true, err
+				}
+			}
 		case ctx.Err() != nil:
 			return true, ctx.Err()
-		case timedOut && !conn.IsClosed():
+		case conn.IsClosed():
+			return true, err
+		case interrupted:
+			// A registration request: served at the top of the loop.
+		case timedOut:
 			pctx, cancel := context.WithTimeout(ctx, listenTimeout)
 			err = conn.Ping(pctx)
 			cancel()

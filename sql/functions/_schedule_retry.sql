@@ -6,7 +6,7 @@
 -- reason is an object with "retryable": false. Otherwise a new run is created,
 -- available at p_retry_at when given, else after the delay of the task's retry
 -- strategy; it is 'sleeping' until then ('pending' when due at once, which
--- notifies durable_<queue> so that listening workers claim it at once). The
+-- notifies waiting workers: _notify_ready). The
 -- caller has already marked the failed run and locked it; this locks the task
 -- row (runs before tasks, the order every function keeps). Returns the task's
 -- new state. Raises nothing of its own.
@@ -56,7 +56,7 @@ begin
                    where task_id = $1', v_t)
     using p_task_id, v_state, v_attempts + 1, v_run_id, p_reason;
   if v_state = 'pending' then
-    perform pg_notify('durable_' || p_queue_name, '');
+    perform durable._notify_ready(p_queue_name);
   end if;
   return v_state;
 end;

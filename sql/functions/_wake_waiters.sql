@@ -1,7 +1,7 @@
 -- durable._wake_waiters(queue, wait_names, now): makes every sleeping run that
 -- waits for one of wait_names (event names, or '$task:<id>' for a task's end)
--- claimable now, and when it woke any, notifies durable_<queue> (pg_notify,
--- delivered at commit) so that listening workers claim them at once.
+-- claimable now, and when it woke any, notifies durable_<queue> (delivered at
+-- commit, when a worker waits: _notify_ready) so that it claims them at once.
 --
 -- Runs are locked with skip locked: a sleeping run that another transaction
 -- holds is being claimed, cancelled or woken, so it needs no wake-up from here
@@ -39,7 +39,7 @@ begin
     p_wait_names, p_now)
     into v_woken;
   if v_woken > 0 then
-    perform pg_notify('durable_' || p_queue_name, '');
+    perform durable._notify_ready(p_queue_name);
   end if;
 end;
 $$;

@@ -14,7 +14,7 @@
 -- (created = false) instead.
 --
 -- The new run is claimable at once: an in-place retry notifies durable_<queue>
--- (pg_notify, delivered at commit) so that listening workers claim it.
+-- (delivered at commit) when a worker waits for work (see _notify_ready).
 --
 -- Locks the task row. Raises QD001, QD002, QD005 (invalid options), QD014
 -- (key_held), QD015 (task_not_retryable: the task is not failed or cancelled)
@@ -134,7 +134,7 @@ begin
   execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
                   values ($1, $2, $3, ''pending'', $4, $4)', v_r)
     using v_run_id, p_task_id, v_attempts + 1, v_now;
-  perform pg_notify('durable_' || p_queue_name, '');
+  perform durable._notify_ready(p_queue_name);
   return query select p_task_id, v_run_id, v_attempts + 1, false, 'pending'::text;
 end;
 $$;

@@ -38,9 +38,10 @@
 -- cancellation can create a child that the cascade does not see.
 --
 -- A created task available at once notifies durable_<queue> (pg_notify,
--- delivered when the spawn commits), so that listening workers claim it
--- without waiting for their next poll. A spawn that returns the key's holder
--- notifies nothing.
+-- delivered when the spawn commits) when a worker waits for work (see
+-- _notify_ready and register_waiter), so that it claims the task without
+-- waiting for its next poll. A spawn that returns the key's holder notifies
+-- nothing.
 --
 -- Raises QD001 (invalid_queue_name), QD002 (queue_not_found), QD003
 -- (invalid_task_name), QD004 (invalid_idempotency_key), QD005
@@ -123,7 +124,7 @@ begin
             v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
             v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
     if v_available_at <= v_now then
-      perform pg_notify('durable_' || p_queue_name, '');
+      perform durable._notify_ready(p_queue_name);
     end if;
     return query select v_task_id, v_run_id, 1, true, 'pending'::text;
     return;
@@ -161,7 +162,7 @@ begin
     get diagnostics v_inserted = row_count;
     if v_inserted = 1 then
       if v_available_at <= v_now then
-        perform pg_notify('durable_' || p_queue_name, '');
+        perform durable._notify_ready(p_queue_name);
       end if;
       return query select v_task_id, v_run_id, 1, true, 'pending'::text;
       return;

@@ -44,7 +44,8 @@
 -- spawn_task.
 --
 -- When it created a task available at once, it notifies durable_<queue>
--- (pg_notify, delivered at commit), once per call, as spawn_task does.
+-- (delivered at commit, when a worker waits: see _notify_ready), once per
+-- call, as spawn_task does.
 --
 -- Raises QD001, QD002 (the queue), QD006 (p_tasks not an array, more than
 -- 10000 elements, an element not an object or with an unknown field or a
@@ -406,7 +407,7 @@ begin
   -- Like spawn_task: created tasks available at once wake listening workers
   -- (one notification per call, delivered at commit).
   if coalesce(v_ready, false) then
-    perform pg_notify('durable_' || p_queue_name, '');
+    perform durable._notify_ready(p_queue_name);
   end if;
 
   -- One row per element, in input order. An element with a key gets its
