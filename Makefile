@@ -33,6 +33,6 @@ lint: sql/verify
 	$(GO) vet ./...
 
 ## bench: pgbench scenarios beside their physical references, then durable's Go worker beside River
-## (BENCH_SECONDS, BENCH_CYCLES, BENCH_FINISHED, BENCH_JOBS)
+## (BENCH_SECONDS, BENCH_CYCLES, BENCH_FINISHED, BENCH_JOBS, BENCH_GO_TIME)
 bench:
 	scripts/pg.sh sh -c 'scripts/bench.sh && scripts/bench-go.sh'

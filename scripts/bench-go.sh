@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench, second half: durable's Go worker and River (its own module,
 # bench/river) working the same number of no-op jobs on the same PostgreSQL in
-# the same run. BENCH_JOBS (default 50000) jobs each.
+# the same run, BENCH_JOBS (default 50000) jobs each; then the Go benchmarks
+# of the client's calls (bench_test.go), BENCH_GO_TIME (default 2s) each.
 #
 #   scripts/pg.sh scripts/bench-go.sh        (make bench does this)
 set -euo pipefail
@@ -20,3 +21,7 @@ echo "Go workers, $jobs no-op jobs each, one process, same server:"
 go run ./bench/worker -database-url "$url" -tasks "$jobs"
 (cd bench/river && go run . -database-url "$url" -jobs "$jobs")
 "$psql" -X -q "$DATABASE_URL" -c "drop database if exists $db with (force)"
+
+echo
+echo "Go benchmarks of the client's calls (go test -bench, tasks/s per call):"
+go test -run '^$' -bench . -benchtime "${BENCH_GO_TIME:-2s}" . | grep -E '^Benchmark|^ok|FAIL'
