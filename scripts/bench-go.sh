@@ -2,7 +2,8 @@
 # make bench, second half: durable's Go worker and River (its own module,
 # bench/river) working the same number of no-op jobs on the same PostgreSQL in
 # the same run, BENCH_JOBS (default 50000) jobs each; then the Go benchmarks
-# of the client's calls (bench_test.go), BENCH_GO_TIME (default 2s) each.
+# of the client's calls (bench_test.go), BENCH_GO_TIME (default 2s) each, and
+# the spawn-to-start latency through the worker (bench/latency).
 #
 #   scripts/pg.sh scripts/bench-go.sh        (make bench does this)
 set -euo pipefail
@@ -20,6 +21,12 @@ echo
 echo "Go workers, $jobs no-op jobs each, one process, same server:"
 go run ./bench/worker -database-url "$url" -tasks "$jobs"
 (cd bench/river && go run . -database-url "$url" -jobs "$jobs")
+"$psql" -X -q "$DATABASE_URL" -c "drop database if exists $db with (force)"
+
+echo
+echo "Spawn-to-start latency through the Go worker, idle queue, 500 spawns one at a time:"
+"$psql" -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "create database $db"
+go run ./bench/latency -database-url "$url" -spawns "${BENCH_LATENCY_SPAWNS:-500}"
 "$psql" -X -q "$DATABASE_URL" -c "drop database if exists $db with (force)"
 
 echo
