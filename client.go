@@ -33,12 +33,17 @@ type Config struct {
 	// Logger receives the client's and its workers' structured logs.
 	// Defaults to slog.Default().
 	Logger *slog.Logger
+	// Hooks are called when tasks are spawned and, unless a WorkerConfig
+	// sets its own, when the client's workers claim, complete, fail or lose
+	// runs. Defaults to none (when nil).
+	Hooks *Hooks
 }
 
 // Client calls the durable schema's functions on a database.
 type Client struct {
 	db     DBTX
 	logger *slog.Logger
+	hooks  Hooks
 }
 
 // New returns a client for db. The schema must be installed, by Migrate or
@@ -50,6 +55,9 @@ func New(db DBTX, cfg *Config) (*Client, error) {
 	c := &Client{db: db, logger: slog.Default()}
 	if cfg != nil && cfg.Logger != nil {
 		c.logger = cfg.Logger
+	}
+	if cfg != nil && cfg.Hooks != nil {
+		c.hooks = *cfg.Hooks
 	}
 	return c, nil
 }
@@ -276,7 +284,15 @@ func (c *Client) SpawnTx(ctx context.Context, tx DBTX, queue, taskName string, p
 	if err != nil {
 		return nil, mapError(err)
 	}
+	c.spawned(ctx, queue, taskName, &r)
 	return &r, nil
+}
+
+// spawned calls the OnSpawn hook for r.
+func (c *Client) spawned(ctx context.Context, queue, taskName string, r *SpawnResult) {
+	callHook(ctx, c.logger, "OnSpawn", c.hooks.OnSpawn, SpawnEvent{
+		Queue: queue, TaskName: taskName, TaskID: r.TaskID, RunID: r.RunID, Created: r.Created, State: r.State,
+	})
 }
 
 // CancelTask cancels a task that has not finished and returns its state
@@ -604,4 +620,216 @@ func seconds(d time.Duration) int {
 		return math.MaxInt32
 	}
 	return int(s)
+}
+
+// QueueStats is one reading of durable.queue_stats: what an autoscaler or a
+// person on call needs about a queue.
+type QueueStats struct {
+	// Queue is the queue's name.
+	Queue string `json:"queue_name"`
+	// Pending, Running and Sleeping count the tasks in each live state,
+	// exactly.
+	Pending  int64 `json:"pending"`
+	Running  int64 `json:"running"`
+	Sleeping int64 `json:"sleeping"`
+	// Completed, Failed and Cancelled count the finished tasks in each final
+	// state: exactly when TerminalCounts is "exact", else estimated from the
+	// database's statistics, and nil when those cannot split Finished yet.
+	Completed *int64 `json:"completed"`
+	Failed    *int64 `json:"failed"`
+	Cancelled *int64 `json:"cancelled"`
+	// Finished is Completed + Failed + Cancelled (exact or estimated alike).
+	Finished int64 `json:"finished"`
+	// ReadyNow counts the runs a worker could claim now.
+	ReadyNow int64 `json:"ready_now"`
+	// Scheduled counts the pending or sleeping runs due later.
+	Scheduled int64 `json:"scheduled"`
+	// OldestReadyAge is how long the longest-waiting ready run has been
+	// claimable (0 when none is): how far behind the workers are. Not in
+	// its JSON, whose readers want seconds (see the durable command).
+	OldestReadyAge time.Duration `json:"-"`
+	// KeysHeld counts the live tasks that hold an idempotency key.
+	KeysHeld int64 `json:"keys_held"`
+	// TerminalCounts is "exact" or "estimated".
+	TerminalCounts string `json:"terminal_counts"`
+	// MeasuredAt is the database's time of the reading.
+	MeasuredAt time.Time `json:"measured_at"`
+}
+
+// QueueStats returns the figures of durable.queue_stats for queue. Cheap
+// enough to poll every second: it reads the indexes of live work only.
+func (c *Client) QueueStats(ctx context.Context, queue string) (*QueueStats, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	var s QueueStats
+	var age float64
+	err := c.db.QueryRow(ctx,
+		`select queue_name, pending, running, sleeping, completed, failed, cancelled, finished,
+		        ready_now, scheduled, oldest_ready_age, keys_held, terminal_counts, measured_at
+		   from durable.queue_stats($1)`, queue,
+	).Scan(&s.Queue, &s.Pending, &s.Running, &s.Sleeping, &s.Completed, &s.Failed, &s.Cancelled, &s.Finished,
+		&s.ReadyNow, &s.Scheduled, &age, &s.KeysHeld, &s.TerminalCounts, &s.MeasuredAt)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	s.OldestReadyAge = time.Duration(age * float64(time.Second))
+	return &s, nil
+}
+
+// ListTasksOptions filter ListTasks. A nil *ListTasksOptions lists any task.
+type ListTasksOptions struct {
+	// State keeps the tasks in that state. Defaults to any (when empty).
+	State TaskState
+	// TaskName keeps the tasks of that name. Defaults to any.
+	TaskName string
+	// IdempotencyKey keeps the tasks spawned with that explicit key.
+	// Defaults to any.
+	IdempotencyKey string
+	// Limit is the most tasks returned, 1 to 1000. Defaults to 100 (when 0).
+	Limit int
+}
+
+// TaskSummary is one row of ListTasks.
+type TaskSummary struct {
+	TaskID         UUID       `json:"task_id"`
+	TaskName       string     `json:"task_name"`
+	State          TaskState  `json:"state"`
+	Attempts       int        `json:"attempts"`
+	MaxAttempts    int        `json:"max_attempts"`
+	IdempotencyKey *string    `json:"idempotency_key"`
+	RunID          UUID       `json:"run_id"`
+	AvailableAt    *time.Time `json:"available_at"`
+	EnqueuedAt     time.Time  `json:"enqueued_at"`
+	FirstStartedAt *time.Time `json:"first_started_at"`
+	FinishedAt     *time.Time `json:"finished_at"`
+	ParentTaskID   *UUID      `json:"parent_task_id"`
+}
+
+// ListTasks returns up to opts.Limit tasks of queue matching opts, through
+// durable.list_tasks: pending and sleeping tasks in the order workers claim
+// them, running ones by lease expiry, others in no particular order.
+func (c *Client) ListTasks(ctx context.Context, queue string, opts *ListTasksOptions) ([]TaskSummary, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	var o ListTasksOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Limit == 0 {
+		o.Limit = 100
+	}
+	for _, f := range []struct{ code, what, v string }{
+		{"QD006", "state", string(o.State)}, {"QD003", "task name", o.TaskName}, {"QD004", "idempotency key", o.IdempotencyKey},
+	} {
+		if err := checkText(f.code, f.what, f.v); err != nil {
+			return nil, err
+		}
+	}
+	rows, err := c.db.Query(ctx,
+		`select task_id, task_name, state, attempts, max_attempts, idempotency_key, run_id, available_at,
+		        enqueued_at, first_started_at, finished_at, parent_task_id
+		   from durable.list_tasks($1, $2, $3, $4, $5)`,
+		queue, nullIfEmpty(string(o.State)), nullIfEmpty(o.TaskName), nullIfEmpty(o.IdempotencyKey), o.Limit)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	tasks, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (TaskSummary, error) {
+		var t TaskSummary
+		err := row.Scan(&t.TaskID, &t.TaskName, &t.State, &t.Attempts, &t.MaxAttempts, &t.IdempotencyKey,
+			&t.RunID, &t.AvailableAt, &t.EnqueuedAt, &t.FirstStartedAt, &t.FinishedAt, &t.ParentTaskID)
+		return t, err
+	})
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return tasks, nil
+}
+
+// TaskDetail is a task with its runs and checkpoints, from GetTask.
+type TaskDetail struct {
+	TaskID         UUID            `json:"task_id"`
+	TaskName       string          `json:"task_name"`
+	State          TaskState       `json:"state"`
+	Params         json.RawMessage `json:"params"`
+	Headers        json.RawMessage `json:"headers"`
+	Attempts       int             `json:"attempts"`
+	MaxAttempts    int             `json:"max_attempts"`
+	RetryStrategy  json.RawMessage `json:"retry_strategy"`
+	IdempotencyKey *string         `json:"idempotency_key"`
+	KeyHeld        bool            `json:"key_held"`
+	Result         json.RawMessage `json:"result"`
+	FailureReason  json.RawMessage `json:"failure_reason"`
+	ParentTaskID   *UUID           `json:"parent_task_id"`
+	CancelDeadline *time.Time      `json:"cancel_deadline"`
+	EnqueuedAt     time.Time       `json:"enqueued_at"`
+	FirstStartedAt *time.Time      `json:"first_started_at"`
+	FinishedAt     *time.Time      `json:"finished_at"`
+	// Runs are the task's attempts, oldest first.
+	Runs []RunDetail `json:"runs"`
+	// Checkpoints are the task's recorded steps, in the order they were
+	// written.
+	Checkpoints []CheckpointDetail `json:"checkpoints"`
+}
+
+// RunDetail is one attempt of a task.
+type RunDetail struct {
+	RunID          UUID            `json:"run_id"`
+	Attempt        int             `json:"attempt"`
+	State          TaskState       `json:"state"`
+	AvailableAt    time.Time       `json:"available_at"`
+	ClaimedBy      *string         `json:"claimed_by"`
+	ClaimExpiresAt *time.Time      `json:"claim_expires_at"`
+	StartedAt      *time.Time      `json:"started_at"`
+	FinishedAt     *time.Time      `json:"finished_at"`
+	Result         json.RawMessage `json:"result"`
+	FailureReason  json.RawMessage `json:"failure_reason"`
+	CreatedAt      time.Time       `json:"created_at"`
+}
+
+// CheckpointDetail is one recorded step of a task.
+type CheckpointDetail struct {
+	StepName  string          `json:"step_name"`
+	State     json.RawMessage `json:"state"`
+	RunID     UUID            `json:"run_id"`
+	Attempt   int             `json:"attempt"`
+	UpdatedAt time.Time       `json:"updated_at"`
+}
+
+// GetTask returns the task with its runs (failure reasons included) and its
+// checkpoints, through durable.get_task. It returns ErrTaskNotFound when the
+// queue has no such task.
+func (c *Client) GetTask(ctx context.Context, queue string, taskID UUID) (*TaskDetail, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return nil, err
+	}
+	var d TaskDetail
+	var runs, checkpoints []byte
+	err := c.db.QueryRow(ctx,
+		`select task_id, task_name, state, params, headers, attempts, max_attempts, retry_strategy,
+		        idempotency_key, key_held, result, failure_reason, parent_task_id, cancel_deadline,
+		        enqueued_at, first_started_at, finished_at, runs, checkpoints
+		   from durable.get_task($1, $2)`, queue, taskID,
+	).Scan(&d.TaskID, &d.TaskName, &d.State, &d.Params, &d.Headers, &d.Attempts, &d.MaxAttempts, &d.RetryStrategy,
+		&d.IdempotencyKey, &d.KeyHeld, &d.Result, &d.FailureReason, &d.ParentTaskID, &d.CancelDeadline,
+		&d.EnqueuedAt, &d.FirstStartedAt, &d.FinishedAt, &runs, &checkpoints)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	if err := json.Unmarshal(runs, &d.Runs); err != nil {
+		return nil, fmt.Errorf("durable: decode runs of task %s: %w", taskID, err)
+	}
+	if err := json.Unmarshal(checkpoints, &d.Checkpoints); err != nil {
+		return nil, fmt.Errorf("durable: decode checkpoints of task %s: %w", taskID, err)
+	}
+	return &d, nil
+}
+
+// nullIfEmpty is nil for "", else s: an optional text argument.
+func nullIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }

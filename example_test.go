@@ -304,3 +304,65 @@ func ExampleStep() {
 	// result: {"charge": "ch_1", "packed": {"box": "B7"}}
 	// charges made: 1
 }
+
+// Hooks feed a program's own metrics: here, counters of spawns created and
+// deduplicated, and of runs completed, read back after a worker has run.
+// QueueStats then shows the queue as an autoscaler would poll it.
+func ExampleHooks() {
+	ctx := context.Background()
+	var created, deduplicated, completed atomic.Int64
+	hooks := &durable.Hooks{
+		OnSpawn: func(_ context.Context, e durable.SpawnEvent) {
+			if e.Created {
+				created.Add(1)
+			} else {
+				deduplicated.Add(1)
+			}
+		},
+		OnComplete: func(_ context.Context, e durable.RunEvent) { completed.Add(1) },
+	}
+	client, err := durable.New(examplePool(), &durable.Config{Hooks: hooks, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("metered")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+	for _, key := range []string{"a", "b", "a", "a"} {
+		if _, err := client.Spawn(ctx, queue, "job", nil, &durable.SpawnOptions{IdempotencyKey: key}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	stats, err := client.QueueStats(ctx, queue)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("ready now:", stats.ReadyNow, "keys held:", stats.KeysHeld)
+
+	w, err := client.NewWorker(durable.WorkerConfig{Queue: queue, PollInterval: 10 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
+	w.Register("job", func(ctx context.Context, t *durable.Task) (any, error) { return nil, nil })
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	for completed.Load() < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		log.Fatal(err)
+	}
+	stats, err = client.QueueStats(ctx, queue)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("created:", created.Load(), "deduplicated:", deduplicated.Load(), "completed:", completed.Load())
+	fmt.Println("completed per queue_stats:", *stats.Completed, "("+stats.TerminalCounts+")")
+	// Output:
+	// ready now: 2 keys held: 2
+	// created: 2 deduplicated: 2 completed: 2
+	// completed per queue_stats: 2 (exact)
+}

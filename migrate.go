@@ -120,6 +120,12 @@ func migrationsFS() fs.FS {
 	return sub
 }
 
+// MigrationNames returns the file names of the embedded migrations in order:
+// version n is the n-th.
+func MigrationNames() []string {
+	return mustMigrationNames()
+}
+
 func mustMigrationNames() []string {
 	names, err := migrate.FindMigrations(migrationsFS())
 	if err != nil {

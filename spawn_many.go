@@ -74,6 +74,11 @@ func (c *Client) SpawnManyTx(ctx context.Context, tx DBTX, queue string, tasks [
 	if n != len(tasks) {
 		return nil, fmt.Errorf("durable: spawn_tasks returned %d rows for %d tasks", n, len(tasks))
 	}
+	if c.hooks.OnSpawn != nil {
+		for i := range results {
+			c.spawned(ctx, queue, tasks[i].TaskName, &results[i])
+		}
+	}
 	return results, nil
 }
 

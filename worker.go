@@ -57,6 +57,10 @@ type WorkerConfig struct {
 	DisableNotify bool
 	// Logger receives the worker's logs. Defaults to the client's logger.
 	Logger *slog.Logger
+	// Hooks are called when the worker claims, completes, fails or loses a
+	// run (see Hooks; OnSpawn is the client's). Defaults to the client's
+	// hooks (when nil).
+	Hooks *Hooks
 }
 
 // The defaults of WorkerConfig, and the worker's own fixed timings.
@@ -202,6 +206,7 @@ type Worker struct {
 	cfg      WorkerConfig
 	handlers map[string]HandlerFunc
 	logger   *slog.Logger
+	hooks    Hooks
 	leaseDur time.Duration
 
 	mu      sync.Mutex
@@ -268,7 +273,12 @@ func (c *Client) NewWorker(cfg WorkerConfig) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = c.logger
 	}
+	hooks := c.hooks
+	if cfg.Hooks != nil {
+		hooks = *cfg.Hooks
+	}
 	return &Worker{
+		hooks:    hooks,
 		client:   c,
 		cfg:      cfg,
 		handlers: map[string]HandlerFunc{},
@@ -419,12 +429,13 @@ type runState struct {
 
 // execution is one claimed run being handled.
 type execution struct {
-	run      ClaimedRun
-	task     *Task
-	log      *slog.Logger
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
-	deadline time.Time // local time the lease surely lasts until; written by the heartbeat
+	run       ClaimedRun
+	claimedAt time.Time // when the claim was sent
+	task      *Task
+	log       *slog.Logger
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	deadline  time.Time // local time the lease surely lasts until; written by the heartbeat
 
 	lost      atomic.Pointer[error] // why the run is no longer ours, if it is not
 	reported  atomic.Bool           // the outcome was (or is being) reported
@@ -550,6 +561,7 @@ func (rs *runState) start(r ClaimedRun, claimedAt time.Time) {
 			Headers:     r.Headers,
 		},
 		log:       w.logger.With("task_name", r.TaskName, "task_id", r.TaskID, "run_id", r.RunID, "attempt", r.Attempt),
+		claimedAt: claimedAt,
 		deadline:  claimedAt.Add(w.leaseDur),
 		hbStopped: make(chan struct{}),
 	}
@@ -566,6 +578,7 @@ func (rs *runState) start(r ClaimedRun, claimedAt time.Time) {
 	rs.mu.Unlock()
 
 	e.log.Debug("durable: run claimed")
+	callHook(rs.base, e.log, "OnClaim", w.hooks.OnClaim, rs.runEvent(e, false))
 	if h := rs.handlers[r.TaskName]; h != nil {
 		go rs.heartbeat(hbCtx, e)
 	} else {
@@ -642,6 +655,7 @@ func (rs *runState) durableCallLost(e *execution, cause error) {
 		e.log.Info("durable: task cancelled; cancelling its handler", "error", cause)
 	} else {
 		e.log.Warn("durable: run lost during a durable call; cancelling the handler", "error", cause)
+		rs.leaseLost(e, cause)
 	}
 	rs.markLost(e, cause)
 }
@@ -649,7 +663,30 @@ func (rs *runState) durableCallLost(e *execution, cause error) {
 // loseLease logs and marks e lost.
 func (rs *runState) loseLease(e *execution, cause error) {
 	e.log.Warn("durable: lease lost; cancelling the handler", "error", cause)
+	rs.leaseLost(e, cause)
 	rs.markLost(e, cause)
+}
+
+// leaseLost calls the OnLeaseLost hook for e.
+func (rs *runState) leaseLost(e *execution, cause error) {
+	callHook(rs.base, e.log, "OnLeaseLost", rs.w.hooks.OnLeaseLost, LeaseLostEvent{RunEvent: rs.runEvent(e, false), Cause: cause})
+}
+
+// runEvent describes e for a hook; withDuration sets the time since the claim.
+func (rs *runState) runEvent(e *execution, withDuration bool) RunEvent {
+	ev := RunEvent{
+		Queue: rs.w.cfg.Queue, WorkerID: rs.w.cfg.WorkerID, TaskName: e.run.TaskName,
+		TaskID: e.run.TaskID, RunID: e.run.RunID, Attempt: e.run.Attempt,
+	}
+	if withDuration {
+		ev.Duration = time.Since(e.claimedAt)
+	}
+	return ev
+}
+
+// completed calls the OnComplete hook for e.
+func (rs *runState) completed(e *execution) {
+	callHook(rs.base, e.log, "OnComplete", rs.w.hooks.OnComplete, rs.runEvent(e, true))
 }
 
 // markLost records that e's run is no longer this worker's and cancels its
@@ -766,6 +803,7 @@ func (rs *runState) complete(e *execution, result []byte) {
 	})
 	if err == nil {
 		e.log.Debug("durable: run completed")
+		rs.completed(e)
 	}
 }
 
@@ -782,9 +820,14 @@ func shutdownReason(workerID string, err error) failureReason {
 // retry strategy decides).
 func (rs *runState) fail(e *execution, reason failureReason, retryAt time.Time) {
 	w := rs.w
-	_ = rs.finish(e, "fail", func(ctx context.Context) error {
+	err := rs.finish(e, "fail", func(ctx context.Context) error {
 		return w.client.FailRun(ctx, w.cfg.Queue, e.run.RunID, reason, retryAt)
 	})
+	if err == nil {
+		callHook(rs.base, e.log, "OnFail", w.hooks.OnFail, FailEvent{
+			RunEvent: rs.runEvent(e, true), Reason: reason.Name, Message: reason.Message, Retryable: reason.Retryable == nil,
+		})
+	}
 }
 
 // finish makes a complete_run or fail_run call with its own timeout (Run's
@@ -803,8 +846,17 @@ func (rs *runState) finish(e *execution, what string, f func(ctx context.Context
 		e.log.Warn("durable: could not record the run's outcome; retrying", "action", what, "error", err)
 		time.Sleep(time.Duration(attempt) * 100 * time.Millisecond)
 	}
-	logOutcomeError(e, what, err)
+	rs.outcomeError(e, what, err)
 	return err
+}
+
+// outcomeError logs err, the final error of recording e's outcome, and calls
+// the OnLeaseLost hook when it says the lease was lost.
+func (rs *runState) outcomeError(e *execution, what string, err error) {
+	logOutcomeError(e, what, err)
+	if errors.Is(err, ErrLeaseLost) {
+		rs.leaseLost(e, err)
+	}
 }
 
 // logOutcomeError logs err, the final error of recording e's outcome (what
@@ -1017,15 +1069,16 @@ func (c *completer) flush(batch []pendingCompletion) {
 	for i, p := range batch {
 		switch {
 		case err != nil:
-			logOutcomeError(p.e, "complete", err)
+			rs.outcomeError(p.e, "complete", err)
 		case rows[i].RunID != p.e.run.RunID:
-			logOutcomeError(p.e, "complete", fmt.Errorf("durable: complete_runs answered for run %s in the place of run %s", rows[i].RunID, p.e.run.RunID))
+			rs.outcomeError(p.e, "complete", fmt.Errorf("durable: complete_runs answered for run %s in the place of run %s", rows[i].RunID, p.e.run.RunID))
 		case rows[i].Completed:
 			p.e.log.Debug("durable: run completed")
+			rs.completed(p.e)
 		case rows[i].Code == codeRunLocked:
 			rs.complete(p.e, p.result)
 		default:
-			logOutcomeError(p.e, "complete", notCompletedError(w.cfg.Queue, p.e.run.RunID, rows[i].Code))
+			rs.outcomeError(p.e, "complete", notCompletedError(w.cfg.Queue, p.e.run.RunID, rows[i].Code))
 		}
 	}
 }

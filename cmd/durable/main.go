@@ -1,11 +1,18 @@
 // Command durable works with durable's queues from the command line.
 //
-//	durable demo      simulate many instances spawning the same tasks
-//	durable migrate   install or upgrade the durable schema
-//	durable version   print the version
+//	durable migrate [status]                      install or upgrade the schema; show its version
+//	durable queue create|list|drop|stats          manage and watch queues
+//	durable spawn QUEUE TASK --params JSON ...    enqueue a task
+//	durable task list|show|cancel|retry QUEUE ... inspect and act on tasks
+//	durable event emit QUEUE NAME                 emit an event
+//	durable demo                                  simulate many instances spawning the same tasks
+//	durable version                               print the version
 //
 // Run "durable <command> --help" for a command's flags. Commands that need a
-// database take --database-url, which defaults to $DATABASE_URL.
+// database take --database-url, which defaults to $DATABASE_URL, and --json
+// for output that scripts can read. Exit status: 0 success, 1 the command
+// failed (database unreachable, queue or task not found, refused by the
+// schema), 2 usage error (unknown command or flag, bad argument).
 package main
 
 import (
@@ -45,8 +52,12 @@ type command struct {
 // commands returns the dispatch table, in the order help lists it.
 func commands() []command {
 	return []command{
+		{"migrate", "install or upgrade the durable schema; 'migrate status' shows its version", runMigrate},
+		{"queue", "create, list, drop queues and show their figures (create|list|drop|stats)", runQueue},
+		{"spawn", "enqueue a task, with deduplication by key", runSpawn},
+		{"task", "list, show, cancel and retry tasks (list|show|cancel|retry)", runTask},
+		{"event", "emit an event that waiting tasks wake on (emit)", runEvent},
 		{"demo", "simulate many instances spawning the same tasks, and count executions", runDemo},
-		{"migrate", "install or upgrade the durable schema in a database", runMigrate},
 		{"version", "print the version of this command", runVersion},
 	}
 }
@@ -103,7 +114,14 @@ func usage(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
 	}
 	_ = tw.Flush()
-	fmt.Fprint(w, "\nRun 'durable <command> --help' for the flags of a command.\n")
+	fmt.Fprint(w, `
+Database commands read $DATABASE_URL (--database-url overrides it) and print
+tables, or JSON with --json. Exit status: 0 success, 1 the command failed
+(database unreachable, queue or task not found, refused by the schema),
+2 usage error.
+
+Run 'durable <command> --help' for the flags of a command, with examples.
+`)
 }
 
 // newFlagSet returns a flag set for command name whose --help prints doc,
@@ -120,9 +138,20 @@ func newFlagSet(e *env, name, synopsis, doc, example string) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args with fs. It returns the exit status to stop with, and
-// false, on --help (0, help on stdout) and on a usage error (2).
+// parse parses args with fs, which takes no positional arguments. It
+// returns the exit status to stop with, and false, on --help (0, help on
+// stdout) and on a usage error (2).
 func parse(e *env, fs *flag.FlagSet, args []string) (int, bool) {
+	_, code, ok := parseArgs(e, fs, args)
+	return code, ok
+}
+
+// parseArgs parses args with fs, allowing flags before, between and after
+// the positional arguments, which must be those named by names (an argument
+// after "--" is positional); names in brackets, "[QUEUE]", are optional and
+// come last. It returns the positional arguments,
+// or the exit status to stop with and false, as parse does.
+func parseArgs(e *env, fs *flag.FlagSet, args []string, names ...string) ([]string, int, bool) {
 	// --help goes to stdout; errors and their usage to stderr.
 	for _, a := range args {
 		if a == "--" {
@@ -131,25 +160,48 @@ func parse(e *env, fs *flag.FlagSet, args []string) (int, bool) {
 		if a == "-h" || a == "-help" || a == "--help" {
 			fs.SetOutput(e.stdout)
 			fs.Usage()
-			return exitOK, false
+			return nil, exitOK, false
 		}
 	}
 	// On a parse error the flag package prints the error, then calls Usage:
 	// point at --help rather than repeating it all.
 	help := fs.Usage
 	fs.Usage = func() { fmt.Fprintf(fs.Output(), "Run '%s --help' for usage.\n", fs.Name()) }
-	err := fs.Parse(args)
-	fs.Usage = help
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK, false
+	defer func() { fs.Usage = help }()
+	var positional []string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
 		}
-		return exitUsage, false
+		left := fs.Args()
+		if len(left) == 0 {
+			break
+		}
+		if used := len(rest) - len(left); used > 0 && rest[used-1] == "--" {
+			positional = append(positional, left...)
+			break
+		}
+		positional = append(positional, left[0])
+		rest = left[1:]
 	}
-	if fs.NArg() > 0 {
-		return usageError(e, fs, "unexpected argument %q", fs.Arg(0)), false
+	switch {
+	case len(positional) > len(names):
+		return nil, usageError(e, fs, "unexpected argument %q", positional[len(names)]), false
 	}
-	return 0, true
+	var missing []string
+	for _, n := range names[len(positional):] {
+		if !strings.HasPrefix(n, "[") {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, usageError(e, fs, "missing %s", strings.Join(missing, " and ")), false
+	}
+	return positional, 0, true
 }
 
 // usageError reports a usage error and returns exitUsage.

@@ -204,6 +204,8 @@ func TestExitStatus(t *testing.T) {
 		{[]string{"version"}, exitOK},
 		{[]string{"demo", "--instances", "x"}, exitUsage},
 		{[]string{}, exitUsage},
+		{[]string{"queue", "list", "--database-url", "postgres://nobody@127.0.0.1:1/none?sslmode=disable&connect_timeout=2"}, exitError},
+		{[]string{"queue", "list", "--database-url", ""}, exitUsage},
 	} {
 		cmd := exec.Command(os.Args[0], append([]string{"-test.run=^$", "--"}, tc.args...)...)
 		cmd.Env = append(os.Environ(), asCommand+"=1")

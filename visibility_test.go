@@ -1,0 +1,299 @@
+package durable_test
+
+// The visibility functions: queue_stats, list_tasks and get_task, through
+// the Client, under the fake clock.
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/durable-go/durable"
+	"github.com/durable-go/durable/internal/testdb"
+)
+
+// visibilityQueue fills a queue with one task in each situation, at t0:
+//
+//	ready1    pending, available since t0-2m, key "r1"
+//	ready2    pending, available since t0-1m
+//	later     pending, available at t0+1h (scheduled)
+//	running   claimed by "w", key "run"
+//	retrying  failed once, sleeping until t0+1h
+//	done      completed
+//	broken    failed (non-retryable)
+//	dropped   cancelled, key "x" (no longer held)
+type visibilityQueue struct {
+	q                                                               string
+	ready1, ready2, later, running, retrying, done, broken, dropped spawned
+}
+
+func fillVisibilityQueue(t *testing.T, db dbtx) visibilityQueue {
+	t.Helper()
+	setNow(t, db, t0)
+	v := visibilityQueue{q: newQueue(t, db)}
+	at := func(d time.Duration) string { return availableAtOption(t0.Add(d).Format(time.RFC3339Nano)) }
+	// The ones that end up running or finished are spawned first, so that
+	// claims take them in order.
+	v.running = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), key: str("run"), options: at(-time.Hour)})
+	v.retrying = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`),
+		options: `{"available_at": "` + t0.Add(-time.Hour).Format(time.RFC3339Nano) + `", "retry_strategy": {"kind": "fixed", "base_seconds": 3600}}`})
+	v.done = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), options: at(-time.Hour)})
+	v.broken = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), options: at(-time.Hour)})
+	runs := claim(t, db, v.q, "w", 30, 4)
+	require.Len(t, runs, 4)
+	failRun(t, db, v.q, runs[1].RunID, `{"name": "error", "message": "try later"}`)
+	completeRun(t, db, v.q, runs[2].RunID, `{"ok": true}`)
+	failRun(t, db, v.q, runs[3].RunID, `{"name": "error", "message": "bad", "retryable": false}`)
+	v.dropped = spawn(t, db, spawnCall{queue: v.q, task: "other", params: str(`{}`), key: str("x")})
+	require.Equal(t, "cancelled", cancelTask(t, db, v.q, v.dropped.TaskID))
+	v.ready1 = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{"n": 1}`), key: str("r1"), options: at(-2 * time.Minute)})
+	v.ready2 = spawn(t, db, spawnCall{queue: v.q, task: "other", params: str(`{"n": 2}`), options: at(-time.Minute)})
+	v.later = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), options: at(time.Hour)})
+	return v
+}
+
+// inSavepoint runs f with a client on a savepoint of tx that is rolled back
+// afterwards, so that an error does not abort tx.
+func inSavepoint(t *testing.T, tx pgx.Tx, f func(c *durable.Client)) {
+	t.Helper()
+	sp, err := tx.Begin(context.Background())
+	require.NoError(t, err)
+	c, err := durable.New(sp, nil)
+	require.NoError(t, err)
+	f(c)
+	require.NoError(t, sp.Rollback(context.Background()))
+}
+
+func TestQueueStats(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	ctx := context.Background()
+	v := fillVisibilityQueue(t, tx)
+	c, err := durable.New(tx, nil)
+	require.NoError(t, err)
+
+	s, err := c.QueueStats(ctx, v.q)
+	require.NoError(t, err)
+	one := func(n int64) *int64 { return &n }
+	require.Equal(t, &durable.QueueStats{
+		Queue: v.q, Pending: 3, Running: 1, Sleeping: 1,
+		Completed: one(1), Failed: one(1), Cancelled: one(1), Finished: 3,
+		ReadyNow: 2, Scheduled: 2, OldestReadyAge: 2 * time.Minute, KeysHeld: 2,
+		TerminalCounts: "exact", MeasuredAt: s.MeasuredAt,
+	}, s)
+	requireTime(t, t0, s.MeasuredAt)
+
+	// The clock moves past the retry: it becomes ready, and the oldest age
+	// grows with the clock.
+	setNow(t, tx, t0.Add(2*time.Hour))
+	s, err = c.QueueStats(ctx, v.q)
+	require.NoError(t, err)
+	require.EqualValues(t, 4, s.ReadyNow, "ready1, ready2, later, retrying")
+	require.EqualValues(t, 0, s.Scheduled)
+	require.Equal(t, 2*time.Hour+2*time.Minute, s.OldestReadyAge)
+
+	// An empty queue: zeros, no age.
+	empty := newQueue(t, tx)
+	s, err = c.QueueStats(ctx, empty)
+	require.NoError(t, err)
+	require.Zero(t, s.Pending+s.Running+s.Sleeping+s.Finished+s.ReadyNow+s.KeysHeld)
+	require.Zero(t, s.OldestReadyAge)
+
+	inSavepoint(t, tx, func(c *durable.Client) {
+		_, err = c.QueueStats(ctx, "no_such_queue")
+		require.ErrorIs(t, err, durable.ErrQueueNotFound)
+	})
+	inSavepoint(t, tx, func(c *durable.Client) {
+		_, err = c.QueueStats(ctx, "bad name")
+		require.ErrorIs(t, err, durable.ErrInvalidQueueName)
+	})
+}
+
+func TestListTasks(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	ctx := context.Background()
+	v := fillVisibilityQueue(t, tx)
+	c, err := durable.New(tx, nil)
+	require.NoError(t, err)
+
+	ids := func(opts *durable.ListTasksOptions) []durable.UUID {
+		t.Helper()
+		tasks, err := c.ListTasks(ctx, v.q, opts)
+		require.NoError(t, err)
+		out := []durable.UUID{}
+		for _, task := range tasks {
+			out = append(out, task.TaskID)
+		}
+		return out
+	}
+	// Live states come in the order workers take them.
+	require.Equal(t, []durable.UUID{v.ready1.TaskID, v.ready2.TaskID, v.later.TaskID},
+		ids(&durable.ListTasksOptions{State: durable.StatePending}))
+	require.Equal(t, []durable.UUID{v.ready1.TaskID}, ids(&durable.ListTasksOptions{State: durable.StatePending, Limit: 1}))
+	require.Equal(t, []durable.UUID{v.ready2.TaskID}, ids(&durable.ListTasksOptions{State: durable.StatePending, TaskName: "other"}))
+	require.Equal(t, []durable.UUID{v.running.TaskID}, ids(&durable.ListTasksOptions{State: durable.StateRunning}))
+	require.Equal(t, []durable.UUID{v.retrying.TaskID}, ids(&durable.ListTasksOptions{State: durable.StateSleeping}))
+	require.Equal(t, []durable.UUID{v.done.TaskID}, ids(&durable.ListTasksOptions{State: durable.StateCompleted}))
+	require.Equal(t, []durable.UUID{v.broken.TaskID}, ids(&durable.ListTasksOptions{State: durable.StateFailed}))
+	require.Equal(t, []durable.UUID{v.dropped.TaskID}, ids(&durable.ListTasksOptions{State: durable.StateCancelled}))
+	require.Len(t, ids(nil), 8)
+	require.Len(t, ids(&durable.ListTasksOptions{Limit: 3}), 3)
+	require.ElementsMatch(t, []durable.UUID{v.ready2.TaskID, v.dropped.TaskID}, ids(&durable.ListTasksOptions{TaskName: "other"}))
+	// Keys: explicit keys, held or not.
+	require.Equal(t, []durable.UUID{v.dropped.TaskID}, ids(&durable.ListTasksOptions{IdempotencyKey: "x"}))
+	require.Equal(t, []durable.UUID{v.running.TaskID}, ids(&durable.ListTasksOptions{IdempotencyKey: "run", State: durable.StateRunning}))
+	require.Empty(t, ids(&durable.ListTasksOptions{IdempotencyKey: "run", State: durable.StatePending}))
+	require.Empty(t, ids(&durable.ListTasksOptions{IdempotencyKey: "r1", TaskName: "other"}))
+
+	tasks, err := c.ListTasks(ctx, v.q, &durable.ListTasksOptions{State: durable.StateSleeping})
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	got := tasks[0]
+	require.Equal(t, "work", got.TaskName)
+	require.Equal(t, 2, got.Attempts)
+	require.Equal(t, 5, got.MaxAttempts)
+	require.Nil(t, got.IdempotencyKey)
+	require.NotNil(t, got.AvailableAt)
+	requireTime(t, t0.Add(time.Hour), *got.AvailableAt)
+	require.NotNil(t, got.FirstStartedAt)
+	require.Nil(t, got.FinishedAt)
+
+	for _, tc := range []struct {
+		opts *durable.ListTasksOptions
+		err  error
+	}{
+		{&durable.ListTasksOptions{State: "done"}, durable.ErrInvalidArgument},
+		{&durable.ListTasksOptions{Limit: 1001}, durable.ErrInvalidArgument},
+		{&durable.ListTasksOptions{Limit: -1}, durable.ErrInvalidArgument},
+	} {
+		inSavepoint(t, tx, func(c *durable.Client) {
+			_, err := c.ListTasks(ctx, v.q, tc.opts)
+			require.ErrorIs(t, err, tc.err, "%+v", tc.opts)
+		})
+	}
+	inSavepoint(t, tx, func(c *durable.Client) {
+		_, err = c.ListTasks(ctx, "no_such_queue", nil)
+		require.ErrorIs(t, err, durable.ErrQueueNotFound)
+	})
+}
+
+func TestGetTask(t *testing.T) {
+	t.Parallel()
+	tx := testdb.Tx(t)
+	ctx := context.Background()
+	v := fillVisibilityQueue(t, tx)
+	c, err := durable.New(tx, nil)
+	require.NoError(t, err)
+
+	// The sleeping task: one failed run, one sleeping, and a checkpoint.
+	d, err := c.GetTask(ctx, v.q, v.retrying.TaskID)
+	require.NoError(t, err)
+	require.Equal(t, v.retrying.TaskID, d.TaskID)
+	require.Equal(t, durable.StateSleeping, d.State)
+	require.Equal(t, 2, d.Attempts)
+	require.JSONEq(t, `{"name": "error", "message": "try later"}`, string(d.FailureReason))
+	require.Len(t, d.Runs, 2)
+	require.Equal(t, v.retrying.RunID, d.Runs[0].RunID)
+	require.Equal(t, durable.StateFailed, d.Runs[0].State)
+	require.Equal(t, "w", *d.Runs[0].ClaimedBy)
+	require.JSONEq(t, `{"name": "error", "message": "try later"}`, string(d.Runs[0].FailureReason))
+	require.Equal(t, 2, d.Runs[1].Attempt)
+	require.Equal(t, durable.StateSleeping, d.Runs[1].State)
+	requireTime(t, t0.Add(time.Hour), d.Runs[1].AvailableAt)
+	require.Empty(t, d.Checkpoints)
+
+	// A running task with checkpoints, in the order written.
+	d, err = c.GetTask(ctx, v.q, v.running.TaskID)
+	require.NoError(t, err)
+	require.Len(t, d.Runs, 1)
+	for i, step := range []string{"second", "first"} {
+		setNow(t, tx, t0.Add(time.Duration(i+1)*time.Second))
+		mustExec(t, tx, "select durable.set_task_checkpoint_state($1, $2, $3, $4::text::jsonb, $5)",
+			v.q, v.running.TaskID, step, fmt.Sprintf(`{"i": %d}`, i), d.Runs[0].RunID)
+	}
+	d, err = c.GetTask(ctx, v.q, v.running.TaskID)
+	require.NoError(t, err)
+	require.Equal(t, "run", *d.IdempotencyKey)
+	require.True(t, d.KeyHeld)
+	require.Len(t, d.Checkpoints, 2)
+	require.Equal(t, []string{"second", "first"}, []string{d.Checkpoints[0].StepName, d.Checkpoints[1].StepName})
+	require.JSONEq(t, `{"i": 1}`, string(d.Checkpoints[1].State))
+	require.Equal(t, 1, d.Checkpoints[0].Attempt)
+	require.Equal(t, d.Runs[0].RunID, d.Checkpoints[0].RunID)
+
+	d, err = c.GetTask(ctx, v.q, v.done.TaskID)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"ok": true}`, string(d.Result))
+	require.NotNil(t, d.FinishedAt)
+
+	inSavepoint(t, tx, func(c *durable.Client) {
+		_, err = c.GetTask(ctx, v.q, durable.UUID{1})
+		require.ErrorIs(t, err, durable.ErrTaskNotFound)
+	})
+	inSavepoint(t, tx, func(c *durable.Client) {
+		_, err = c.GetTask(ctx, "no_such_queue", v.done.TaskID)
+		require.ErrorIs(t, err, durable.ErrQueueNotFound)
+	})
+}
+
+// TestQueueStatsEstimatesLargeQueues: above 2 MiB of task table, the final
+// states are estimated from the statistics, and labelled so; the live
+// states stay exact.
+func TestQueueStatsEstimatesLargeQueues(t *testing.T) {
+	t.Parallel()
+	pool := testdb.ClonePool(t, 2)
+	ctx := context.Background()
+	c, err := durable.New(pool, nil)
+	require.NoError(t, err)
+	q := "big"
+	require.NoError(t, c.CreateQueue(ctx, q))
+	// 6,000 tasks of about 500 bytes: over 2 MiB. 5,000 completed, 1,000 pending.
+	pad := fmt.Sprintf("%0400d", 0)
+	reqs := make([]durable.SpawnRequest, 6000)
+	for i := range reqs {
+		reqs[i] = durable.SpawnRequest{TaskName: "job", Params: map[string]any{"i": i, "pad": pad}}
+	}
+	_, err = c.SpawnMany(ctx, q, reqs)
+	require.NoError(t, err)
+	runs, err := c.ClaimTasks(ctx, q, "w", time.Minute, 5000)
+	require.NoError(t, err)
+	require.Len(t, runs, 5000)
+	_, err = pool.Exec(ctx, `select count(*) from durable.complete_runs($1, (
+		select jsonb_agg(jsonb_build_object('run_id', r, 'result', 1)) from unnest($2::uuid[]) r))`, q, claimedRunIDs(runs))
+	require.NoError(t, err)
+
+	// Before ANALYZE: the total is known, the split is not.
+	_, err = pool.Exec(ctx, "select pg_stat_force_next_flush()")
+	require.NoError(t, err)
+	var s *durable.QueueStats
+	require.Eventually(t, func() bool {
+		s, err = c.QueueStats(ctx, q)
+		require.NoError(t, err)
+		return s.Finished == 5000
+	}, 10*time.Second, 50*time.Millisecond, "the live-row count reaches the statistics")
+	require.Equal(t, "estimated", s.TerminalCounts)
+	require.EqualValues(t, 1000, s.Pending)
+	require.EqualValues(t, 1000, s.ReadyNow)
+	_, err = pool.Exec(ctx, "analyze durable.t_big")
+	require.NoError(t, err)
+	s, err = c.QueueStats(ctx, q)
+	require.NoError(t, err)
+	require.Equal(t, "estimated", s.TerminalCounts)
+	require.NotNil(t, s.Completed)
+	require.EqualValues(t, 5000, *s.Completed, "ANALYZE of 6,000 rows reads them all: the split is exact here")
+	require.EqualValues(t, 0, *s.Failed)
+	require.EqualValues(t, 0, *s.Cancelled)
+}
+
+func claimedRunIDs(runs []durable.ClaimedRun) []durable.UUID {
+	out := make([]durable.UUID, len(runs))
+	for i, r := range runs {
+		out[i] = r.RunID
+	}
+	return out
+}
