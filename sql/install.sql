@@ -6097,7 +6097,7 @@ begin
     end if;
     execute format('update durable.%I t set key_held = false, key_expires_at = null
                      where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3
-                       and t.key_expires_at <= $4', v_t)
+                       and case when t.key_expires_at is null then false else t.key_expires_at <= $4 end', v_t)
       using v_task_name, v_key_hash, p_task_id, v_now;
   end if;
 
@@ -6349,11 +6349,14 @@ begin
     end if;
 
     -- The key is held: by a concurrent spawner (the next lookup finds it), or
-    -- by a finished task whose retention has expired: release that one.
+    -- by a finished task whose retention has expired: release that one. The
+    -- expiry test is a case so that no plan reads t_<queue>_key_expiry (every
+    -- expired key of the queue) instead of the key index.
     execute format('execute %I(%L, %L, %L)',
       durable._prepared(p_queue_name, 'release_key', '(text, bytea, timestamptz)',
         'update durable.%1$I t set key_held = false, key_expires_at = null
-          where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.key_expires_at <= $3'),
+          where t.task_name = $1 and t.key_hash = $2 and t.key_held
+            and case when t.key_expires_at is null then false else t.key_expires_at <= $3 end'),
       p_task_name, v_key_hash, v_now);
   end loop;
 
@@ -6780,8 +6783,8 @@ begin
                            from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
                           where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
                                              where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
-                   join durable.%1$I h on h.task_name = k.task_name and h.key_hash = k.key_hash
-                                      and h.key_held and h.key_expires_at <= $5
+                   join durable.%1$I h on h.task_name = k.task_name and h.key_hash = k.key_hash and h.key_held
+                                      and case when h.key_expires_at is null then false else h.key_expires_at <= $5 end
                   order by h.task_name collate "C", h.key_hash
                     for no key update of h))
            and t.key_held and t.key_expires_at <= $5$sql$, v_t)

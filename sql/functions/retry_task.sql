@@ -127,7 +127,7 @@ begin
     end if;
     execute format('update durable.%I t set key_held = false, key_expires_at = null
                      where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3
-                       and t.key_expires_at <= $4', v_t)
+                       and case when t.key_expires_at is null then false else t.key_expires_at <= $4 end', v_t)
       using v_task_name, v_key_hash, p_task_id, v_now;
   end if;
 

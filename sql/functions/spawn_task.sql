@@ -186,11 +186,14 @@ begin
     end if;
 
     -- The key is held: by a concurrent spawner (the next lookup finds it), or
-    -- by a finished task whose retention has expired: release that one.
+    -- by a finished task whose retention has expired: release that one. The
+    -- expiry test is a case so that no plan reads t_<queue>_key_expiry (every
+    -- expired key of the queue) instead of the key index.
     execute format('execute %I(%L, %L, %L)',
       durable._prepared(p_queue_name, 'release_key', '(text, bytea, timestamptz)',
         'update durable.%1$I t set key_held = false, key_expires_at = null
-          where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.key_expires_at <= $3'),
+          where t.task_name = $1 and t.key_hash = $2 and t.key_held
+            and case when t.key_expires_at is null then false else t.key_expires_at <= $3 end'),
       p_task_name, v_key_hash, v_now);
   end loop;
 

@@ -412,8 +412,8 @@ begin
                            from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
                           where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
                                              where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
-                   join durable.%1$I h on h.task_name = k.task_name and h.key_hash = k.key_hash
-                                      and h.key_held and h.key_expires_at <= $5
+                   join durable.%1$I h on h.task_name = k.task_name and h.key_hash = k.key_hash and h.key_held
+                                      and case when h.key_expires_at is null then false else h.key_expires_at <= $5 end
                   order by h.task_name collate "C", h.key_hash
                     for no key update of h))
            and t.key_held and t.key_expires_at <= $5$sql$, v_t)
