@@ -166,7 +166,7 @@ func TestCleanupBadArguments(t *testing.T) {
 		requireFails(t, tx, "QD002", fmt.Sprintf("select durable.%s('nope', 0, 10)", fn))
 		requireFails(t, tx, "QD001", fmt.Sprintf("select durable.%s('no pe', 0, 10)", fn))
 	}
-	requireFails(t, tx, "QD006", "select durable.set_queue_retention($1, -1, null)", q)
+	requireFails(t, tx, "QD006", "select durable.set_queue_retention($1, 0, null)", q)
 	requireFails(t, tx, "QD006", "select durable.set_queue_retention($1, null, -5)", q)
 	requireFails(t, tx, "QD002", "select durable.set_queue_retention('nope', 1, 1)")
 	requireFails(t, tx, "QD006", "select * from durable.cleanup_all(0)")

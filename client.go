@@ -143,7 +143,8 @@ func (c *Client) cleanup(ctx context.Context, fn, queue string, ttl time.Duratio
 	return n, mapError(err)
 }
 
-// RetentionPolicy is a queue's retention policy, which CleanupAll applies.
+// RetentionPolicy is a queue's retention policy, which CleanupAll applies. A
+// ttl is at least a second.
 type RetentionPolicy struct {
 	// TaskTTL: finished tasks that ended longer ago than this are deleted
 	// (whole seconds, rounded up). Defaults to 0: kept forever.

@@ -45,6 +45,7 @@ type command struct {
 // commands returns the dispatch table, in the order help lists it.
 func commands() []command {
 	return []command{
+		{"cleanup", "delete finished tasks and old events, per queue policy or for one queue", runCleanup},
 		{"demo", "simulate many instances spawning the same tasks, and count executions", runDemo},
 		{"migrate", "install or upgrade the durable schema in a database", runMigrate},
 		{"version", "print the version of this command", runVersion},

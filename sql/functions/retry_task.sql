@@ -21,7 +21,9 @@
 -- The new run is claimable at once: an in-place retry notifies durable_<queue>
 -- (pg_notify, delivered at commit) so that listening workers claim it.
 --
--- Locks the task row. Raises QD001, QD002, QD005 (invalid options), QD014
+-- Locks the task row, then, to release an expired holder of its key, that
+-- holder's row (two tasks never both hold one key, so two retries never lock
+-- each other's rows in opposite orders). Raises QD001, QD002, QD005 (invalid options), QD014
 -- (key_held), QD015 (task_not_retryable: the task is not failed or cancelled)
 -- and QD020 (task_not_found).
 create or replace function durable.retry_task(
