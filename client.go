@@ -277,9 +277,9 @@ type SpawnOptions struct {
 	// task ends (completed, failed or cancelled): meanwhile a spawn with the
 	// key returns the finished task with Created false and its final state,
 	// and its result stays readable with GetTaskResult. KeepKeyForever never
-	// frees it (until CleanupTasks deletes the task, which it does only once
-	// the retention has expired, so never). Ignored without a key. Defaults to
-	// 0: the key is freed when the task ends.
+	// frees it. CleanupTasks deletes such a task only once its retention has
+	// expired. Ignored without a key. Defaults to 0: the key is freed when
+	// the task ends.
 	KeyRetention time.Duration
 }
 

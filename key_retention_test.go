@@ -288,7 +288,8 @@ func TestKeyRetentionRetryTask(t *testing.T) {
 }
 
 // TestKeyRetentionStorm: 64 goroutines, each on its own connection, spawn
-// one key whose retained holder expires at E:
+// one key whose retained holder expires at E, while a 65th runs cleanup_tasks
+// (ttl 0, clock at E), which may release the old holder or delete it:
 //   - all with their clock exactly at E, half through spawn_task and half
 //     through spawn_tasks: exactly 1 created = true, all 64 get its id, 0
 //     errors, 1 key holder;
@@ -299,8 +300,8 @@ func TestKeyRetentionStorm(t *testing.T) {
 	t.Parallel()
 	const n = 64
 	ctx := context.Background()
-	pool := testdb.ClonePool(t, n+2)
-	conns := acquireConns(t, pool, n)
+	pool := testdb.ClonePool(t, n+3)
+	conns := acquireConns(t, pool, n+1) // the last one cleans
 	opts := `{"key_retention_seconds": 10}`
 	for _, spread := range []bool{false, true} {
 		t.Run(fmt.Sprintf("spread=%v", spread), func(t *testing.T) {
@@ -315,12 +316,18 @@ func TestKeyRetentionStorm(t *testing.T) {
 				}
 				return expiry.Add(time.Duration(i-n/2) * time.Microsecond)
 			}
-			for i, c := range conns {
+			for i, c := range conns[:n] {
 				setNow(t, c, clock(i))
 			}
+			setNow(t, conns[n], expiry)
 			results := make([]spawned, n)
-			errs := make([]error, n)
-			together(n, func(i int) {
+			errs := make([]error, n+1)
+			var cleaned int
+			together(n+1, func(i int) {
+				if i == n {
+					errs[i] = conns[i].QueryRow(ctx, "select durable.cleanup_tasks($1, 0, 10)", q).Scan(&cleaned)
+					return
+				}
 				call := spawnCall{queue: q, task: "t", params: str(fmt.Sprintf(`{"i": %d}`, i)), key: str("k"), options: opts}
 				if i%2 == 0 {
 					results[i], errs[i] = trySpawn(ctx, conns[i], call)
@@ -333,6 +340,7 @@ func TestKeyRetentionStorm(t *testing.T) {
 					results[i] = spawned{TaskID: r.TaskID, RunID: r.RunID, Attempt: r.Attempt, Created: r.Created, State: r.State}
 				}
 			})
+			require.NoError(t, errs[n], "cleanup")
 			created := 0
 			var fresh durable.UUID
 			for i, r := range results {
@@ -350,11 +358,12 @@ func TestKeyRetentionStorm(t *testing.T) {
 				}
 				require.Equal(t, fresh, r.TaskID, "goroutine %d (clock %s)", i, clock(i))
 			}
-			require.Equal(t, 2, countTasks(t, pool, q))
+			require.Equal(t, 2-cleaned, countTasks(t, pool, q), "the new task, and the old one unless cleanup deleted it")
 			require.Equal(t, 1, countRows(t, pool, "t_", q, "key_held"))
 			for _, c := range conns {
 				mustExec(t, c, "select set_config('durable.fake_now', '', false)")
 			}
+			t.Logf("cleanup deleted %d", cleaned)
 		})
 	}
 }
