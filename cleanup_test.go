@@ -277,8 +277,8 @@ func tableScans(t testing.TB, db dbtx, prefix, q string) scanCounts {
 	return s
 }
 
-// TestCleanupIsIndexDriven: on a queue of 4,000 live tasks, 4,000 recently
-// finished ones, 4,000 retained ones and 300 old finished ones (with their
+// TestCleanupIsIndexDriven: on a queue of 2,500 live tasks, 2,500 recently
+// finished ones, 2,500 retained ones and 300 old finished ones (with their
 // events), a cleanup_tasks and a cleanup_events of 100 read no table
 // sequentially and fetch a bounded number of rows through indexes (never
 // the live or recent tasks); a spawn that finds a retained task reads its
@@ -303,12 +303,12 @@ func TestCleanupIsIndexDriven(t *testing.T) {
 	finishAll()
 	mustExec(t, tx, "select durable.emit_event($1, 'old-' || i) from generate_series(1, 300) i", q)
 	setNow(t, tx, t0.Add(2*time.Hour))
-	spawnMany(4000, `{"key_retention_seconds": "forever"}`)
+	spawnMany(2500, `{"key_retention_seconds": "forever"}`)
 	finishAll()
-	spawnMany(4000, `{}`)
+	spawnMany(2500, `{}`)
 	finishAll()
-	mustExec(t, tx, "select durable.emit_event($1, 'new-' || i) from generate_series(1, 4000) i", q)
-	spawnMany(4000, `{}`) // live
+	mustExec(t, tx, "select durable.emit_event($1, 'new-' || i) from generate_series(1, 2500) i", q)
+	spawnMany(2500, `{}`) // live
 	mustExec(t, tx, "analyze "+tableName("t_", q))
 	mustExec(t, tx, "analyze "+tableName("r_", q))
 	mustExec(t, tx, "analyze "+tableName("e_", q))
@@ -324,7 +324,7 @@ func TestCleanupIsIndexDriven(t *testing.T) {
 		after := tableScans(t, tx, p, q)
 		require.Equal(t, before[p].seqScans, after.seqScans, "cleanup read %s%s sequentially", p, q)
 		// 100 deleted rows (plus their runs) and the probes for waits: never
-		// the 12,000 other tasks.
+		// the 7,500 other tasks.
 		require.LessOrEqual(t, after.idxFetched-before[p].idxFetched, int64(400), "%s%s", p, q)
 	}
 
@@ -359,6 +359,42 @@ func TestCleanupIsIndexDriven(t *testing.T) {
 		}
 		require.NoError(t, rows.Err())
 		require.Contains(t, plan, "Index Scan using t_"+q+"_key on t_"+q+" ", "%s:\n%s", stmt, plan)
+	}
+}
+
+// TestCleanupSkipsLockedTasks: a cleanup never waits for a task another
+// transaction holds (here a retry_task in progress): it skips it, and
+// settles it by what that transaction did: a committed retry made it live
+// (kept), a rolled-back one left it failed (deleted by the next call).
+func TestCleanupSkipsLockedTasks(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testdb.ClonePool(t, 4)
+	conns := acquireConns(t, pool, 2)
+	q := newQueue(t, pool)
+	for _, commit := range []bool{true, false} {
+		s := exStart(t, pool, q, `{"max_attempts": 1}`)
+		failRun(t, pool, q, s.run, `{"message": "boom"}`)
+		other := exStart(t, pool, q, "")
+		completeRun(t, pool, q, other.run, `null`)
+
+		tx, err := conns[0].Begin(ctx)
+		require.NoError(t, err)
+		mustExec(t, tx, "select * from durable.retry_task($1, $2)", q, s.task)
+		mustExec(t, conns[1], "set statement_timeout = '5s'") // waiting would fail the call
+		require.Equal(t, 1, cleanupTasks(t, conns[1], q, 0, 100), "the other task goes, the locked one is skipped")
+		mustExec(t, conns[1], "reset statement_timeout")
+		if commit {
+			require.NoError(t, tx.Commit(ctx))
+			require.Equal(t, 0, cleanupTasks(t, conns[1], q, 0, 100))
+			require.Equal(t, 1, rowsOfTasks(t, pool, "t_", q, s.task), "retried: live")
+			_, err = pool.Exec(ctx, "select durable.cancel_task($1, $2)", q, s.task)
+			require.NoError(t, err)
+		} else {
+			require.NoError(t, tx.Rollback(ctx))
+		}
+		require.Equal(t, 1, cleanupTasks(t, conns[1], q, 0, 100))
+		require.Equal(t, 0, rowsOfTasks(t, pool, "t_", q, s.task))
 	}
 }
 
