@@ -516,3 +516,41 @@ func TestCleanupConcurrentWithSpawns(t *testing.T) {
 	}
 	require.Equal(t, keys, countRows(t, pool, "t_", q, "key_held"))
 }
+
+// Migration 005 gives queues made before it the key retention columns and
+// the cleanup indexes: their finished tasks are cleaned and their keys can be
+// retained.
+func TestOperationsMigrationUpgradesOldQueues(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn := connect(t, testdb.NewDatabase(t))
+	require.NoError(t, durable.Migrate(ctx, conn, &durable.MigrateOptions{TargetVersion: 4}))
+	mustExec(t, conn, "select durable.create_queue('old')")
+	setNow(t, conn, t0)
+	old := spawn(t, conn, spawnCall{queue: "old", task: "t", params: str(`{}`), key: str("k")})
+	completeRun(t, conn, "old", claimOne(t, conn, "old").RunID, `1`)
+	exEmit(t, conn, "old", "e", `1`)
+
+	require.NoError(t, durable.Migrate(ctx, conn, nil))
+	for _, index := range []string{"t_old_finished", "t_old_key_expiry", "e_old_emitted"} {
+		require.Equal(t, 1, countIn(t, conn, "select count(*) from pg_indexes where schemaname = 'durable' and indexname = $1", index), index)
+	}
+	setNow(t, conn, t0.Add(time.Hour))
+	retained := spawn(t, conn, spawnCall{queue: "old", task: "t", params: str(`{}`), key: str("k"),
+		options: `{"key_retention_seconds": 60}`})
+	require.True(t, retained.Created)
+	require.Equal(t, 1, cleanupTasks(t, conn, "old", 60, 10))
+	require.Equal(t, 0, rowsOfTasks(t, conn, "t_", "old", old.TaskID))
+	require.Equal(t, 1, cleanupEvents(t, conn, "old", 60, 10))
+	require.Equal(t, "cancelled", cancelTask(t, conn, "old", retained.TaskID))
+	again := spawn(t, conn, spawnCall{queue: "old", task: "t", params: str(`{}`), key: str("k")})
+	require.Equal(t, retained.TaskID, again.TaskID)
+	require.False(t, again.Created)
+}
+
+func countIn(t testing.TB, db dbtx, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	require.NoError(t, db.QueryRow(context.Background(), sql, args...).Scan(&n))
+	return n
+}
