@@ -116,6 +116,112 @@ func (c *Client) ListQueues(ctx context.Context) ([]string, error) {
 	return names, mapError(err)
 }
 
+// DefaultCleanupLimit is the batch size of CleanupTasks, CleanupEvents and
+// CleanupAll when they are given a limit of 0.
+const DefaultCleanupLimit = 1000
+
+// CleanupTasks deletes up to limit finished tasks of queue (completed, failed
+// or cancelled) that ended more than ttl ago (rounded up to whole seconds),
+// with their runs, checkpoints and waits, and returns how many it deleted.
+// Call it again while it returns limit. It never deletes a live task, a
+// finished task that still retains its key (SpawnOptions.KeyRetention), or a
+// task that a live task is still waiting for; deleting a task frees its key.
+// A limit of 0 means DefaultCleanupLimit; at most 10,000.
+func (c *Client) CleanupTasks(ctx context.Context, queue string, ttl time.Duration, limit int) (int, error) {
+	return c.cleanup(ctx, "cleanup_tasks", queue, ttl, limit)
+}
+
+// CleanupEvents deletes up to limit events of queue emitted more than ttl
+// ago (rounded up to whole seconds) and returns how many it deleted. A
+// deleted event is as if never emitted: a later AwaitEvent waits for a new
+// emit. A limit of 0 means DefaultCleanupLimit; at most 10,000.
+func (c *Client) CleanupEvents(ctx context.Context, queue string, ttl time.Duration, limit int) (int, error) {
+	return c.cleanup(ctx, "cleanup_events", queue, ttl, limit)
+}
+
+func (c *Client) cleanup(ctx context.Context, fn, queue string, ttl time.Duration, limit int) (int, error) {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return 0, err
+	}
+	if limit == 0 {
+		limit = DefaultCleanupLimit
+	}
+	var n int
+	err := c.db.QueryRow(ctx, "select durable."+fn+"($1, $2, $3)", queue, seconds(ttl), limit).Scan(&n)
+	return n, mapError(err)
+}
+
+// RetentionPolicy is a queue's retention policy, which CleanupAll applies. A
+// ttl is at least a second.
+type RetentionPolicy struct {
+	// TaskTTL: finished tasks that ended longer ago than this are deleted
+	// (whole seconds, rounded up). Defaults to 0: kept forever.
+	TaskTTL time.Duration
+	// EventTTL: events emitted longer ago than this are deleted (whole
+	// seconds, rounded up). Defaults to 0: kept forever.
+	EventTTL time.Duration
+}
+
+// SetQueueRetention sets queue's retention policy; nil (or a zero policy)
+// turns it off, which is every new queue's state.
+func (c *Client) SetQueueRetention(ctx context.Context, queue string, p *RetentionPolicy) error {
+	if err := checkText("QD001", "queue name", queue); err != nil {
+		return err
+	}
+	var tasks, events *int
+	if p != nil && p.TaskTTL != 0 {
+		s := seconds(p.TaskTTL)
+		tasks = &s
+	}
+	if p != nil && p.EventTTL != 0 {
+		s := seconds(p.EventTTL)
+		events = &s
+	}
+	_, err := c.db.Exec(ctx, "select durable.set_queue_retention($1, $2, $3)", queue, tasks, events)
+	return mapError(err)
+}
+
+// CleanupResult is what CleanupAll did to one queue.
+type CleanupResult struct {
+	// Queue is the queue's name.
+	Queue string
+	// Policy is the queue's retention policy that was applied.
+	Policy RetentionPolicy
+	// TasksDeleted and EventsDeleted count what was deleted.
+	TasksDeleted, EventsDeleted int
+}
+
+// CleanupAll applies every queue's retention policy once (SetQueueRetention),
+// deleting at most limit tasks and limit events per queue, and returns one
+// result per queue that has a policy, by name. Run it on a schedule. A limit
+// of 0 means DefaultCleanupLimit; at most 10,000.
+func (c *Client) CleanupAll(ctx context.Context, limit int) ([]CleanupResult, error) {
+	if limit == 0 {
+		limit = DefaultCleanupLimit
+	}
+	rows, err := c.db.Query(ctx,
+		`select queue_name, task_ttl_seconds, event_ttl_seconds, tasks_deleted, events_deleted
+		   from durable.cleanup_all($1)`, limit)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (CleanupResult, error) {
+		var r CleanupResult
+		var tasks, events *int
+		if err := row.Scan(&r.Queue, &tasks, &events, &r.TasksDeleted, &r.EventsDeleted); err != nil {
+			return r, err
+		}
+		if tasks != nil {
+			r.Policy.TaskTTL = time.Duration(*tasks) * time.Second
+		}
+		if events != nil {
+			r.Policy.EventTTL = time.Duration(*events) * time.Second
+		}
+		return r, nil
+	})
+	return out, mapError(err)
+}
+
 // RetryKind names a retry strategy.
 type RetryKind string
 
@@ -175,7 +281,20 @@ type SpawnOptions struct {
 	// MaxDuration cancels the task if it has not finished this long after its
 	// first start (whole seconds, rounded up). Defaults to none.
 	MaxDuration time.Duration
+	// KeyRetention keeps the task's idempotency key held this long after the
+	// task ends (completed, failed or cancelled): meanwhile a spawn with the
+	// key returns the finished task with Created false and its final state,
+	// and its result stays readable with GetTaskResult. KeepKeyForever never
+	// frees it. CleanupTasks deletes such a task only once its retention has
+	// expired. Ignored without a key. Defaults to 0: the key is freed when
+	// the task ends.
+	KeyRetention time.Duration
 }
+
+// KeepKeyForever is the SpawnOptions.KeyRetention that keeps a finished
+// task's key held for good (the spawn option key_retention_seconds
+// "forever").
+const KeepKeyForever = time.Duration(math.MaxInt64)
 
 // optionsJSON encodes the options as spawn_task's p_options object.
 func (o *SpawnOptions) optionsJSON() ([]byte, error) {
@@ -213,6 +332,12 @@ func (o *SpawnOptions) optionsJSON() ([]byte, error) {
 	}
 	if o.MaxDuration != 0 {
 		m["max_duration"] = seconds(o.MaxDuration)
+	}
+	switch {
+	case o.KeyRetention == KeepKeyForever:
+		m["key_retention_seconds"] = "forever"
+	case o.KeyRetention != 0:
+		m["key_retention_seconds"] = o.KeyRetention.Seconds()
 	}
 	b, err := json.Marshal(m)
 	if err != nil {

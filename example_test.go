@@ -366,3 +366,102 @@ func ExampleHooks() {
 	// created: 2 deduplicated: 2 completed: 2
 	// completed per queue_stats: 2 (exact)
 }
+
+// A payment webhook is delivered again an hour after its task finished. With
+// KeyRetention, the late duplicate gets the finished task and its result back
+// instead of charging twice.
+func ExampleSpawnOptions_keyRetention() {
+	ctx := context.Background()
+	client, err := durable.New(examplePool(), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("webhooks")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+	opts := &durable.SpawnOptions{IdempotencyKey: "evt_1042", KeyRetention: 24 * time.Hour}
+	first, err := client.Spawn(ctx, queue, "charge", map[string]any{"amount": 1200}, opts)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// A worker runs it (here by hand) and it completes.
+	runs, err := client.ClaimTasks(ctx, queue, "worker-1", 30*time.Second, 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := client.CompleteRun(ctx, queue, runs[0].RunID, map[string]string{"charge": "ch_77"}); err != nil {
+		log.Fatal(err)
+	}
+
+	// The redelivery, within the day the key is retained.
+	late, err := client.Spawn(ctx, queue, "charge", map[string]any{"amount": 1200}, opts)
+	if err != nil {
+		log.Fatal(err)
+	}
+	res, err := client.GetTaskResult(ctx, queue, late.TaskID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("late duplicate created a task:", late.Created)
+	fmt.Println("same task:", late.TaskID == first.TaskID)
+	fmt.Println("its state:", late.State)
+	fmt.Println("its result:", string(res.Result))
+	// Output:
+	// late duplicate created a task: false
+	// same task: true
+	// its state: completed
+	// its result: {"charge": "ch_77"}
+}
+
+// A queue keeps finished tasks for a week and events for a day; a scheduler
+// calls CleanupAll (or, in SQL, durable.cleanup_all()) every minute.
+// CleanupTasks cleans one queue now, here with a ttl of 0: every finished
+// task, never a live one.
+func ExampleClient_CleanupAll() {
+	ctx := context.Background()
+	client, err := durable.New(examplePool(), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	queue := exampleQueueName("reports")
+	if err := client.CreateQueue(ctx, queue); err != nil {
+		log.Fatal(err)
+	}
+	err = client.SetQueueRetention(ctx, queue, &durable.RetentionPolicy{TaskTTL: 7 * 24 * time.Hour, EventTTL: 24 * time.Hour})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := client.Spawn(ctx, queue, "report", map[string]int{"n": i}, nil); err != nil {
+			log.Fatal(err)
+		}
+	}
+	runs, err := client.ClaimTasks(ctx, queue, "worker-1", 30*time.Second, 2)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range runs {
+		if err := client.CompleteRun(ctx, queue, r.RunID, nil); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	results, err := client.CleanupAll(ctx, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range results {
+		if r.Queue == queue {
+			fmt.Printf("policy: tasks %v, events %v; deleted now: %d tasks\n", r.Policy.TaskTTL, r.Policy.EventTTL, r.TasksDeleted)
+		}
+	}
+	n, err := client.CleanupTasks(ctx, queue, 0, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("finished tasks deleted with ttl 0:", n)
+	// Output:
+	// policy: tasks 168h0m0s, events 24h0m0s; deleted now: 0 tasks
+	// finished tasks deleted with ttl 0: 2
+}

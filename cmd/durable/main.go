@@ -57,6 +57,7 @@ func commands() []command {
 		{"spawn", "enqueue a task, with deduplication by key", runSpawn},
 		{"task", "list, show, cancel and retry tasks (list|show|cancel|retry)", runTask},
 		{"event", "emit an event that waiting tasks wake on (emit)", runEvent},
+		{"cleanup", "delete finished tasks and old events, per queue policy or for one queue", runCleanup},
 		{"demo", "simulate many instances spawning the same tasks, and count executions", runDemo},
 		{"version", "print the version of this command", runVersion},
 	}

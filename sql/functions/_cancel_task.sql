@@ -57,7 +57,8 @@ begin
     using p_task_id, p_now;
   execute format('update durable.%I
                      set state = ''cancelled'', finished_at = $2, failure_reason = $3,
-                         key_held = false, cancel_deadline = null
+                         cancel_deadline = null, key_held = key_held and key_retention is not null,
+                         key_expires_at = durable._key_expires_at(key_held, key_retention, $2)
                    where task_id = $1', v_t)
     using p_task_id, p_now, p_reason;
   perform durable._task_finished(p_queue_name, array[p_task_id], 'cancelled', p_now);

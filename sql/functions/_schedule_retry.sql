@@ -1,7 +1,7 @@
 -- durable._schedule_retry(queue, task_id, reason, retry_at, now): after the
 -- task's latest run failed, schedules its next attempt or fails the task.
 --
--- The task fails (and frees its key, wakes its waiters and cancels its
+-- The task fails (and frees its key unless it retains it, wakes its waiters and cancels its
 -- unfinished children: _task_finished) when its attempts are used up or the
 -- reason is an object with "retryable": false. Otherwise a new run is created,
 -- available at p_retry_at when given, else after the delay of the task's retry
@@ -37,8 +37,9 @@ begin
   if v_attempts >= v_max_attempts
      or (jsonb_typeof(p_reason) = 'object' and p_reason -> 'retryable' = 'false'::jsonb) then
     execute format('update durable.%I
-                       set state = ''failed'', failure_reason = $2, finished_at = $3, key_held = false,
-                           cancel_deadline = null
+                       set state = ''failed'', failure_reason = $2, finished_at = $3,
+                           cancel_deadline = null, key_held = key_held and key_retention is not null,
+                           key_expires_at = durable._key_expires_at(key_held, key_retention, $3)
                      where task_id = $1', v_t)
       using p_task_id, p_reason, p_now;
     perform durable._task_finished(p_queue_name, array[p_task_id], 'failed', p_now);

@@ -12,6 +12,12 @@
 --                   has started it that long after available_at. Default none.
 --   max_duration    seconds (integer >= 1): the task is cancelled if it has not
 --                   finished that long after its first start. Default none.
+--   key_retention_seconds
+--                   a number of seconds from 0 to 315360000, or the string
+--                   "forever": how long a keyed task keeps its key after it
+--                   ends (see spawn_task). Default 0: the key is freed when
+--                   the task ends. Returned as NULL for 0, 'Infinity' for
+--                   "forever"; a spawn without a key ignores it.
 --
 -- A known option whose value is JSON null takes its default. Locks nothing.
 -- Raises QD005 (invalid_options) naming the option: an unknown key (even one
@@ -24,13 +30,14 @@ create or replace function durable._spawn_options(
   out o_available_at timestamptz,
   out o_parent_task_id uuid,
   out o_max_delay integer,
-  out o_max_duration integer)
+  out o_max_duration integer,
+  out o_key_retention double precision)
 language plpgsql
 stable
 as $$
 declare
   v_known constant text[] := array['max_attempts', 'retry_strategy', 'headers', 'available_at',
-                                  'parent_task_id', 'max_delay', 'max_duration'];
+                                  'parent_task_id', 'max_delay', 'max_duration', 'key_retention_seconds'];
   v_key text;
   v_val jsonb;
 begin
@@ -42,14 +49,14 @@ begin
   if jsonb_typeof(p_options) <> 'object' then
     raise exception 'spawn options must be a JSON object, got %', left(p_options::text, 200)
       using errcode = 'QD005',
-            hint = 'Known options: max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration.';
+            hint = 'Known options: max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration, key_retention_seconds.';
   end if;
 
   for v_key, v_val in select e.key, e.value from jsonb_each(p_options) e loop
     if not v_key = any (v_known) then
       raise exception 'unknown spawn option %', quote_literal(v_key)
         using errcode = 'QD005',
-              hint = 'Known options: max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration.';
+              hint = 'Known options: max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration, key_retention_seconds.';
     end if;
     continue when jsonb_typeof(v_val) = 'null';
     case v_key
@@ -108,6 +115,17 @@ begin
           o_max_delay := v_val::numeric::integer;
         else
           o_max_duration := v_val::numeric::integer;
+        end if;
+      when 'key_retention_seconds' then
+        if v_val = '"forever"'::jsonb then
+          o_key_retention := 'Infinity';
+        elsif jsonb_typeof(v_val) <> 'number' or v_val::numeric < 0 or v_val::numeric > 315360000 then
+          raise exception 'spawn option key_retention_seconds must be a number of seconds from 0 to 315360000 or "forever", got %',
+            left(v_val::text, 200)
+            using errcode = 'QD005',
+                  hint = 'Example: {"key_retention_seconds": 86400} keeps the key a day after the task ends.';
+        elsif v_val::numeric > 0 then
+          o_key_retention := v_val::numeric::double precision;
         end if;
     end case;
   end loop;

@@ -1,5 +1,6 @@
 -- durable.complete_run(queue, run_id, result): records a run's result and
--- completes its task, which frees the task's key and wakes the runs waiting
+-- completes its task, which frees the task's key (or keeps it held for the
+-- task's key_retention_seconds: _key_expires_at) and wakes the runs waiting
 -- for the task (await_task_result).
 --
 -- The result is stored on the task (get_task_result reads it there). Only a
@@ -37,9 +38,11 @@ begin
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'complete');
   end if;
   execute format('execute %I(%L, %L, %L)',
-    durable._prepared(p_queue_name, 'complete_task', '(uuid, jsonb, timestamptz)',
+    durable._prepared(p_queue_name, 'finish_task', '(uuid, jsonb, timestamptz)',
       'update durable.%1$I
-          set state = ''completed'', result = $2, finished_at = $3, key_held = false, cancel_deadline = null
+          set state = ''completed'', result = $2, finished_at = $3, cancel_deadline = null,
+              key_held = key_held and key_retention is not null,
+              key_expires_at = durable._key_expires_at(key_held, key_retention, $3)
         where task_id = $1'),
     v_task_id, p_result, v_now);
   perform durable._task_finished(p_queue_name, array[v_task_id], 'completed', v_now);

@@ -5,7 +5,8 @@
 -- p_runs is a JSON array of objects {"run_id": uuid, "result": any}; an
 -- element without "result" stores NULL, like complete_run's default. Every run
 -- that is running with a live lease is completed and its result stored on its
--- task, which is completed, frees its key and drops its cancellation deadline;
+-- task, which is completed, frees its key (unless it retains it:
+-- _key_expires_at) and drops its cancellation deadline;
 -- the runs waiting for the task wake and the task's own waits are deleted, as
 -- _task_finished does for a completed task. The other runs are left as they
 -- are and reported with completed = false and the code complete_run would
@@ -129,7 +130,8 @@ begin
       join unnest(v_ids, v_results) i(rid, res) on i.rid = d.rid;
     execute format('update durable.%I
                        set state = ''completed'', result = $2 -> task_id::text, finished_at = $3,
-                           key_held = false, cancel_deadline = null
+                           cancel_deadline = null, key_held = key_held and key_retention is not null,
+                           key_expires_at = durable._key_expires_at(key_held, key_retention, $3)
                      where task_id = any ($1)', 't_' || p_queue_name)
       using v_done_tasks, v_task_results, v_now;
 

@@ -26,6 +26,22 @@
 --                      (or a task's end, '$task:<id>') until its timeout,
 --                      naming the run that sleeps on it (see _await).
 --
+-- Key retention and cleanup (migration 005) add:
+--   t_<queue>.key_retention   seconds a keyed task keeps its key after it ends
+--                             (NULL: none, 'Infinity': forever), from the spawn
+--                             option key_retention_seconds.
+--   t_<queue>.key_expires_at  set when such a task ends: its key stays held
+--                             (key_held) until then (see spawn_task).
+--   t_<queue>_finished  finished tasks that hold no key, by finished_at: what
+--                       cleanup_tasks deletes, oldest first. Only rows that
+--                       have ended enter it (finished_at is set once, at the
+--                       end), so claims and other updates of live tasks keep
+--                       their cost; the update that ends a task writes one more
+--                       index entry.
+--   t_<queue>_key_expiry finished tasks that retain their key, by expiry:
+--                       cleanup_tasks releases the expired ones.
+--   e_<queue>_emitted   events by emission time, for cleanup_events.
+--
 -- Locks the queue's row in durable.queues, so concurrent calls for one queue
 -- serialize instead of failing on the catalog. Raises QD001
 -- (invalid_queue_name) and QD002 (queue_not_found).
@@ -141,5 +157,17 @@ begin
     )$ddl$, 'w_' || p_queue_name);
   execute format('create index if not exists %I on durable.%I (event_name)',
                  'w_' || p_queue_name || '_event', 'w_' || p_queue_name);
+
+  -- Key retention and cleanup (migration 005).
+  execute format('alter table durable.%I
+                    add column if not exists key_retention double precision,
+                    add column if not exists key_expires_at timestamptz',
+                 v_t);
+  execute format('create index if not exists %I on durable.%I (finished_at) where finished_at is not null and not key_held',
+                 v_t || '_finished', v_t);
+  execute format('create index if not exists %I on durable.%I (key_expires_at) where key_expires_at is not null',
+                 v_t || '_key_expiry', v_t);
+  execute format('create index if not exists %I on durable.%I (emitted_at)',
+                 'e_' || p_queue_name || '_emitted', 'e_' || p_queue_name);
 end;
 $$;

@@ -8,15 +8,22 @@
 -- its max_duration (if any) counts again from the retry's first start, and its
 -- awaits start afresh (its waits ended with it: _task_finished).
 -- If a newer live task holds the key meanwhile, the in-place retry fails with
--- QD014 naming the holder: there are never two live holders of one key. With
--- "spawn_new": true, the task's name, params, key and options are spawned as a
--- new task through spawn_task, so a live holder of the key is returned
--- (created = false) instead.
+-- QD014 naming the holder: there are never two live holders of one key. A
+-- task that retains its key after it ended (key_retention_seconds) holds it
+-- still: an in-place retry keeps holding it, and its retention counts again
+-- from its next end. Another finished task that retains the key unexpired is
+-- a holder too (QD014); one whose retention has expired is released first,
+-- under its row lock, as spawn_task does. With "spawn_new": true, the task's
+-- name, params, key and options are spawned as a new task through spawn_task,
+-- so the key's holder is returned (created = false) instead: a live task, or
+-- the task itself while it retains its key.
 --
 -- The new run is claimable at once: an in-place retry notifies durable_<queue>
 -- (delivered at commit) when a worker waits for work (see _notify_ready).
 --
--- Locks the task row. Raises QD001, QD002, QD005 (invalid options), QD014
+-- Locks the task row, then, to release an expired holder of its key, that
+-- holder's row (two tasks never both hold one key, so two retries never lock
+-- each other's rows in opposite orders). Raises QD001, QD002, QD005 (invalid options), QD014
 -- (key_held), QD015 (task_not_retryable: the task is not failed or cancelled)
 -- and QD020 (task_not_found).
 create or replace function durable.retry_task(
@@ -44,6 +51,7 @@ declare
   v_key_hash bytea;
   v_parent_task_id uuid;
   v_max_duration integer;
+  v_key_retention double precision;
   v_key text;
   v_val jsonb;
   v_spawn_new boolean := false;
@@ -78,10 +86,12 @@ begin
   end loop;
 
   execute format('select t.task_name, t.params, t.headers, t.retry_strategy, t.max_attempts, t.state,
-                         t.attempts, t.idempotency_key, t.key_hash, t.parent_task_id, t.max_duration
+                         t.attempts, t.idempotency_key, t.key_hash, t.parent_task_id, t.max_duration,
+                         t.key_retention
                     from durable.%I t where t.task_id = $1 for no key update', v_t)
     into v_task_name, v_params, v_headers, v_retry_strategy, v_task_max_attempts, v_state,
-         v_attempts, v_idempotency_key, v_key_hash, v_parent_task_id, v_max_duration
+         v_attempts, v_idempotency_key, v_key_hash, v_parent_task_id, v_max_duration,
+         v_key_retention
     using p_task_id;
   if v_state is null then
     raise exception 'task % not found in queue %', p_task_id, quote_literal(p_queue_name)
@@ -102,33 +112,40 @@ begin
         'retry_strategy', v_retry_strategy,
         'headers', v_headers,
         'parent_task_id', v_parent_task_id,
-        'max_duration', v_max_duration)));
+        'max_duration', v_max_duration,
+        'key_retention_seconds', case when v_key_retention = 'Infinity'::double precision then to_jsonb('forever'::text)
+                                      else to_jsonb(v_key_retention) end)));
     return;
   end if;
 
   if v_key_hash is not null then
     execute format('select t.task_id from durable.%I t
-                     where t.task_name = $1 and t.key_hash = $2 and t.key_held', v_t)
+                     where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3
+                       and (t.key_expires_at is null or t.key_expires_at > $4)', v_t)
       into v_holder
-      using v_task_name, v_key_hash;
+      using v_task_name, v_key_hash, p_task_id, v_now;
     if v_holder is not null then
       perform durable._raise_key_held(p_queue_name, p_task_id, v_holder);
     end if;
+    execute format('update durable.%I t set key_held = false, key_expires_at = null
+                     where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3
+                       and case when t.key_expires_at is null then false else t.key_expires_at <= $4 end', v_t)
+      using v_task_name, v_key_hash, p_task_id, v_now;
   end if;
 
   begin
     execute format('update durable.%I
                        set state = ''pending'', attempts = attempts + 1, last_attempt_run = $2,
-                           max_attempts = $3, key_held = key_hash is not null,
+                           max_attempts = $3, key_held = key_hash is not null, key_expires_at = null,
                            result = null, finished_at = null, first_started_at = null
                      where task_id = $1', v_t)
       using p_task_id, v_run_id,
             coalesce(v_max_attempts, greatest(v_task_max_attempts, v_attempts + 1));
   exception when unique_violation then
     execute format('select t.task_id from durable.%I t
-                     where t.task_name = $1 and t.key_hash = $2 and t.key_held', v_t)
+                     where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3', v_t)
       into v_holder
-      using v_task_name, v_key_hash;
+      using v_task_name, v_key_hash, p_task_id;
     perform durable._raise_key_held(p_queue_name, p_task_id, v_holder);
   end;
   execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)

@@ -19,6 +19,22 @@
 -- nothing and does not touch the holder: the duplicate's params and options
 -- are ignored.
 --
+-- Key retention. With the option key_retention_seconds (seconds, or
+-- "forever"), a keyed task keeps its key after it ends: key_held stays true
+-- and key_expires_at is set to the end plus the retention (see
+-- _key_expires_at). Until then a spawn with the key returns the finished task,
+-- created = false, with its final state (its result through get_task_result).
+-- From key_expires_at on the key is free: the lookup skips the expired holder,
+-- the insert conflicts with it, and the spawn releases it (key_held = false,
+-- under the row's lock, only if it is still held and expired) and tries
+-- again. Concurrent spawners at the moment of expiry queue on that row lock:
+-- the first releases and inserts in one transaction, the others find the
+-- holder released and, at the next try, the first one's task (its insert
+-- waits for the first one's commit, as below). The unique index never holds
+-- two rows of one key, so exactly one spawn creates. The default, 0, frees the
+-- key when the task ends. cleanup_tasks releases expired keys too, and
+-- deleting a task frees its key.
+--
 -- Why it is race-free. Each try first looks the key up with a plain read (no
 -- lock, so it never waits for a worker holding the task; a statement prepared
 -- once per session, see _prepared), then inserts with
@@ -26,7 +42,8 @@
 -- inserted the key and not committed, the insert waits for it: after a commit
 -- it does nothing and the next lookup (a fresh snapshot at read committed)
 -- finds the holder; after a rollback it inserts. If the holder ends between the
--- conflict and the lookup, the next try inserts. Tries are bounded; the last
+-- conflict and the lookup, the next try inserts. After a conflict, a holder
+-- whose retention has expired is released (see Key retention). Tries are bounded; the last
 -- resort is 40001, which a caller may retry. At repeatable read or serializable
 -- a conflict with a row the caller's snapshot cannot see raises 40001 rather
 -- than returning a task the caller cannot read.
@@ -132,12 +149,13 @@ begin
 
   for v_try in 1 .. 5 loop
     -- The key is held: hand back the holder, write nothing.
-    return query execute format('execute %I(%L, %L)',
-      durable._prepared(p_queue_name, 'holder', '(text, bytea)',
+    return query execute format('execute %I(%L, %L, %L)',
+      durable._prepared(p_queue_name, 'key_holder', '(text, bytea, timestamptz)',
         'select t.task_id, t.last_attempt_run, t.attempts, false, t.state
            from durable.%1$I t
-          where t.task_name = $1 and t.key_hash = $2 and t.key_held'),
-      p_task_name, v_key_hash);
+          where t.task_name = $1 and t.key_hash = $2 and t.key_held
+            and (t.key_expires_at is null or t.key_expires_at > $3)'),
+      p_task_name, v_key_hash, v_now);
     if found then
       return;
     end if;
@@ -148,8 +166,8 @@ begin
         insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
                                 max_attempts, state, attempts, last_attempt_run, enqueued_at,
                                 idempotency_key, key_hash, key_held,
-                                parent_task_id, max_duration, cancel_deadline)
-        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, true, $12, $13, $14)
+                                parent_task_id, max_duration, cancel_deadline, key_retention)
+        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, true, $12, $13, $14, $15)
         on conflict (task_name, key_hash) where key_held do nothing
         returning 1
       )
@@ -158,7 +176,7 @@ begin
       using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
             v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
             p_idempotency_key, v_key_hash,
-            v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
+            v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline, v_opts.o_key_retention;
     get diagnostics v_inserted = row_count;
     if v_inserted = 1 then
       if v_available_at <= v_now then
@@ -167,6 +185,17 @@ begin
       return query select v_task_id, v_run_id, 1, true, 'pending'::text;
       return;
     end if;
+
+    -- The key is held: by a concurrent spawner (the next lookup finds it), or
+    -- by a finished task whose retention has expired: release that one. The
+    -- expiry test is a case so that no plan reads t_<queue>_key_expiry (every
+    -- expired key of the queue) instead of the key index.
+    execute format('execute %I(%L, %L, %L)',
+      durable._prepared(p_queue_name, 'release_key', '(text, bytea, timestamptz)',
+        'update durable.%1$I t set key_held = false, key_expires_at = null
+          where t.task_name = $1 and t.key_hash = $2 and t.key_held
+            and case when t.key_expires_at is null then false else t.key_expires_at <= $3 end'),
+      p_task_name, v_key_hash, v_now);
   end loop;
 
   raise exception 'could not spawn task % in queue %: its key changed hands 5 times in a row',

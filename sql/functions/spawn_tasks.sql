@@ -25,8 +25,10 @@
 -- runs, read straight from the array. For the keyed ones, each try looks up
 -- the held keys in one statement, then inserts the others with on conflict do
 -- nothing, in the order of (task_name, key_hash), and looks the conflicts up
--- again at the next try. Everything is set-based: the per-element cost is
--- that of the rows written, not of a call.
+-- again at the next try; when some keys stayed held, the holders whose key
+-- retention has expired (see spawn_task's Key retention) are locked in key
+-- order and released before the next try. Everything is set-based: the
+-- per-element cost is that of the rows written, not of a call.
 --
 -- Why it is race-free and cannot deadlock. Lookups are plain reads and lock
 -- nothing. An insert that meets a key another transaction has inserted and
@@ -84,6 +86,7 @@ declare
   v_o_parent uuid[];
   v_o_max_delay integer[];
   v_o_max_duration integer[];
+  v_o_key_retention double precision[];
   -- The elements without a key, as created.
   v_u_ord integer[];
   v_u_task uuid[];
@@ -158,9 +161,9 @@ begin
     begin
       select array_agg(e.ord::integer), array_agg(s.o_max_attempts), array_agg(s.o_retry_strategy), array_agg(s.o_headers),
              array_agg(s.o_available_at), array_agg(s.o_parent_task_id), array_agg(s.o_max_delay),
-             array_agg(s.o_max_duration)
+             array_agg(s.o_max_duration), array_agg(s.o_key_retention)
         into v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers,
-             v_o_available_at, v_o_parent, v_o_max_delay, v_o_max_duration
+             v_o_available_at, v_o_parent, v_o_max_delay, v_o_max_duration, v_o_key_retention
         from jsonb_array_elements(p_tasks) with ordinality e(elem, ord)
         cross join lateral durable._spawn_options(e.elem -> 'options') s
        where nullif(nullif(e.elem -> 'options', 'null'::jsonb), '{}'::jsonb) is not null;
@@ -314,9 +317,10 @@ begin
                   from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
                  where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
                                     where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
-          join durable.%I t on t.task_name = k.task_name and t.key_hash = k.key_hash and t.key_held$sql$, v_t)
+          join durable.%I t on t.task_name = k.task_name and t.key_hash = k.key_hash and t.key_held
+                           and (t.key_expires_at is null or t.key_expires_at > $5)$sql$, v_t)
         into v_f_name, v_f_hash, v_f_task, v_f_run, v_f_attempt, v_f_state
-        using v_k_name, v_k_hash, v_res_name, v_res_hash;
+        using v_k_name, v_k_hash, v_res_name, v_res_hash, v_now;
       if v_f_name is not null then
         v_res_name := v_res_name || v_f_name;
         v_res_hash := v_res_hash || v_f_hash;
@@ -346,23 +350,25 @@ begin
                  o.parent_task_id,
                  o.max_duration,
                  coalesce(o.available_at, $9) + make_interval(secs => o.max_delay) as cancel_deadline,
+                 o.key_retention,
                  gen_random_uuid() as task_id,
                  gen_random_uuid() as run_id
             from k
             join jsonb_array_elements($6) with ordinality x(elem, ord) on x.ord = k.ord
             left join unnest($10::integer[], $11::integer[], $12::jsonb[], $13::jsonb[], $14::timestamptz[],
-                             $15::uuid[], $16::integer[], $17::integer[])
-                   o(ord, max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration)
+                             $15::uuid[], $16::integer[], $17::integer[], $18::double precision[])
+                   o(ord, max_attempts, retry_strategy, headers, available_at, parent_task_id, max_delay, max_duration,
+                     key_retention)
               on o.ord = k.ord
         ), task as (
           insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
                                   max_attempts, state, attempts, last_attempt_run, enqueued_at,
                                   idempotency_key, key_hash, key_held,
-                                  parent_task_id, max_duration, cancel_deadline)
+                                  parent_task_id, max_duration, cancel_deadline, key_retention)
           select c.task_id, c.task_name, c.params, c.headers, c.retry_strategy,
                  c.max_attempts, 'pending', 1, c.run_id, $9,
                  c.idempotency_key, c.key_hash, true,
-                 c.parent_task_id, c.max_duration, c.cancel_deadline
+                 c.parent_task_id, c.max_duration, c.cancel_deadline, c.key_retention
             from c
            order by c.task_name collate "C", c.key_hash
           on conflict (task_name, key_hash) where key_held do nothing
@@ -380,7 +386,7 @@ begin
         using v_k_ord, v_k_name, v_k_hash, v_res_name, v_res_hash, p_tasks,
               v_def_retry_strategy, v_def_max_attempts, v_now,
               v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers, v_o_available_at,
-              v_o_parent, v_o_max_delay, v_o_max_duration;
+              v_o_parent, v_o_max_delay, v_o_max_duration, v_o_key_retention;
       v_ready := coalesce(v_ready, false) or coalesce(v_created_ready, false);
       if v_f_name is not null then
         v_res_name := v_res_name || v_f_name;
@@ -395,6 +401,24 @@ begin
         v_done := true;
         exit;
       end if;
+
+      -- Keys still held: by concurrent spawners (the next lookup finds them),
+      -- or by finished tasks whose retention has expired: release those, in
+      -- key order.
+      execute format($sql$
+        update durable.%1$I t set key_held = false, key_expires_at = null
+         where t.task_id = any (array(
+                 select h.task_id
+                   from (select distinct k.task_name, k.key_hash
+                           from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
+                          where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
+                                             where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
+                   join durable.%1$I h on h.task_name = k.task_name and h.key_hash = k.key_hash and h.key_held
+                                      and case when h.key_expires_at is null then false else h.key_expires_at <= $5 end
+                  order by h.task_name collate "C", h.key_hash
+                    for no key update of h))
+           and t.key_held and t.key_expires_at <= $5$sql$, v_t)
+        using v_k_name, v_k_hash, v_res_name, v_res_hash, v_now;
     end loop;
     if not v_done then
       raise exception 'could not spawn % tasks in queue %: their keys changed hands % times in a row',
