@@ -517,7 +517,7 @@ func TestCleanupConcurrentWithSpawns(t *testing.T) {
 	require.Equal(t, keys, countRows(t, pool, "t_", q, "key_held"))
 }
 
-// Migration 005 gives queues made before it the key retention columns and
+// Migration 007 gives queues made before it (at version 4 or older) the key retention columns and
 // the cleanup indexes: their finished tasks are cleaned and their keys can be
 // retained.
 func TestOperationsMigrationUpgradesOldQueues(t *testing.T) {
