@@ -60,7 +60,7 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts *MigrateOptions) (err err
 		err = m.Migrate(ctx)
 	}
 	if err != nil {
-		return fmt.Errorf("durable: migrate: %w", err)
+		return fmt.Errorf("durable: migrate: %w", mapError(err))
 	}
 	return nil
 }

@@ -1,0 +1,393 @@
+package durable_test
+
+// Privileges: the roles durable_producer, durable_worker and durable_admin
+// (migration 005, sql/functions/_grant_roles.sql). Login roles are created per
+// test (roles belong to the cluster, so their names carry the test binary's
+// pid) and connect with a password, so that session_user is the login role
+// itself, as in production.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/durable-go/durable"
+	"github.com/durable-go/durable/internal/testdb"
+)
+
+const loginPassword = "durable-test-password"
+
+var loginSeq atomic.Int64
+
+// loginRole creates a login role that is a member of grants (none: a login
+// role with no durable role) and drops it at cleanup. Call it before the
+// database the role will use is created, so that the database (and what the
+// role owns in it) is dropped first.
+func loginRole(t *testing.T, label string, grants ...string) string {
+	t.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("durable_test_%d_%s_%d", os.Getpid(), label, loginSeq.Add(1))
+	admin := connect(t, "postgres")
+	_, err := admin.Exec(ctx, fmt.Sprintf("create role %s login password '%s'", name, loginPassword))
+	require.NoError(t, err)
+	for _, g := range grants {
+		_, err := admin.Exec(ctx, fmt.Sprintf("grant %s to %s", g, name))
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), testdb.URL("postgres"))
+		if err != nil {
+			return
+		}
+		defer c.Close(context.Background())
+		_, _ = c.Exec(context.Background(), "drop role if exists "+name)
+	})
+	return name
+}
+
+// notices collects the NOTICE messages a connection receives.
+type notices struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (n *notices) add(_ *pgconn.PgConn, msg *pgconn.Notice) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.msgs = append(n.msgs, msg.Message)
+}
+
+func (n *notices) take() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := n.msgs
+	n.msgs = nil
+	return out
+}
+
+// connectAs opens a connection to database db as the login role, closed at
+// cleanup, collecting its notices into seen (when not nil).
+func connectAs(t *testing.T, db, role string, seen *notices) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(testdb.URL(db))
+	require.NoError(t, err)
+	cfg.User, cfg.Password = role, loginPassword
+	if seen != nil {
+		cfg.OnNotice = seen.add
+	}
+	conn, err := pgx.ConnectConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func poolAs(t *testing.T, db, role string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(testdb.URL(db))
+	require.NoError(t, err)
+	cfg.ConnConfig.User, cfg.ConnConfig.Password = role, loginPassword
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// privilegeProblemsSQL lists, one line each, what breaks the privilege rules
+// in the connected database: any right of PUBLIC on a function, table,
+// sequence or the schema; a public function without a role (no direct grant
+// to one of the three) or running with its caller's rights (only
+// current_time, which reads no table, may); an internal function or any
+// table a role can use.
+const privilegeProblemsSQL = `
+with roles(oid) as (select r.oid from pg_roles r where r.rolname in ('durable_producer', 'durable_worker', 'durable_admin')),
+fns as (select p.oid, p.oid::regprocedure::text as sig, p.proname, p.prosecdef,
+               coalesce(p.proacl, acldefault('f', p.proowner)) as acl
+          from pg_proc p where p.pronamespace = 'durable'::regnamespace),
+rels as (select c.oid, c.relname, c.relkind, coalesce(c.relacl, acldefault('r', c.relowner)) as acl
+           from pg_class c where c.relnamespace = 'durable'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f'))
+select problem from (
+  select f.sig || ': EXECUTE granted to PUBLIC' as problem
+    from fns f where exists (select from aclexplode(f.acl) a where a.grantee = 0)
+  union all
+  select f.sig || ': a public function without a role'
+    from fns f
+   where left(f.proname, 1) <> '_'
+     and not exists (select from aclexplode(f.acl) a join roles r on r.oid = a.grantee where a.privilege_type = 'EXECUTE')
+  union all
+  select f.sig || ': a public function that is not security definer'
+    from fns f where left(f.proname, 1) <> '_' and not f.prosecdef and f.proname <> 'current_time'
+  union all
+  select format('%s: internal, but %s may execute it', f.sig, r.oid::regrole)
+    from fns f cross join roles r
+   where left(f.proname, 1) = '_' and has_function_privilege(r.oid, f.oid, 'execute')
+  union all
+  select format('%s %s: PUBLIC has %s', c.relkind, c.relname, a.privilege_type)
+    from rels c cross join lateral aclexplode(c.acl) a where a.grantee = 0
+  union all
+  select format('%s %s: %s has a right on it', c.relkind, c.relname, r.oid::regrole)
+    from rels c cross join roles r
+   where case when c.relkind = 'S' then has_sequence_privilege(r.oid, c.oid, 'usage, select, update')
+              else has_table_privilege(r.oid, c.oid, 'select, insert, update, delete, truncate, references, trigger') end
+  union all
+  select format('schema durable: PUBLIC has %s', a.privilege_type)
+    from pg_namespace n cross join lateral aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+   where n.nspname = 'durable' and a.grantee = 0
+  union all
+  select format('schema durable: %s may create in it', r.oid::regrole)
+    from roles r where has_schema_privilege(r.oid, 'durable', 'create')
+  union all
+  select format('role %s is missing', w.name)
+    from unnest(array['durable_producer', 'durable_worker', 'durable_admin']) w(name)
+   where not exists (select from pg_roles r where r.rolname = w.name)
+) p order by 1`
+
+func privilegeProblems(t *testing.T, db dbtx) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), privilegeProblemsSQL)
+	require.NoError(t, err)
+	problems, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	return problems
+}
+
+// Every function of the schema is closed to PUBLIC, every public function
+// has a role and runs as the owner, and no role can touch a table, an
+// internal function or create in the schema. A function added later without
+// a line in _grant_roles breaks these rules (caught here), and the migration
+// that adds it fails with QD041.
+func TestPrivilegeRulesHold(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn := connect(t, testdb.Clone(t))
+	mustExec(t, conn, "select durable.create_queue('rules')")
+	mustExec(t, conn, "select * from durable.spawn_task('rules', 'job')")
+	require.Empty(t, privilegeProblems(t, conn))
+
+	var membership string
+	require.NoError(t, conn.QueryRow(ctx, `
+		select string_agg(format('%s<%s', m.member::regrole, m.roleid::regrole), ' '
+		                  order by m.member::regrole::text)
+		  from pg_auth_members m
+		 where m.roleid in ('durable_producer'::regrole, 'durable_worker'::regrole)
+		   and m.member in ('durable_worker'::regrole, 'durable_admin'::regrole)`).Scan(&membership))
+	require.Equal(t, "durable_admin<durable_worker durable_worker<durable_producer", membership)
+	var canLogin int
+	require.NoError(t, conn.QueryRow(ctx, `select count(*) from pg_roles where rolname like 'durable\_%' and rolcanlogin
+		and rolname in ('durable_producer', 'durable_worker', 'durable_admin')`).Scan(&canLogin))
+	require.Zero(t, canLogin, "the three roles are NOLOGIN")
+
+	// A function merged later without a role, as its migration leaves it.
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	mustExec(t, tx, "create function durable.queue_report() returns integer language sql as 'select 1'")
+	mustExec(t, tx, "create function durable._report_helper() returns integer language sql as 'select 1'")
+	require.Equal(t, []string{
+		"durable._report_helper(): EXECUTE granted to PUBLIC",
+		"durable._report_helper(): internal, but durable_admin may execute it",
+		"durable._report_helper(): internal, but durable_producer may execute it",
+		"durable._report_helper(): internal, but durable_worker may execute it",
+		"durable.queue_report(): EXECUTE granted to PUBLIC",
+		"durable.queue_report(): a public function that is not security definer",
+		"durable.queue_report(): a public function without a role",
+	}, privilegeProblems(t, tx))
+
+	_, err = tx.Exec(ctx, "savepoint s")
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, "select durable._grant_roles()")
+	require.Contains(t, requireSQLState(t, err, "QD041").Message, "queue_report")
+	_, err = tx.Exec(ctx, "rollback to savepoint s")
+	require.NoError(t, err)
+
+	// Given its role as a line in _grant_roles would, and dropped helper, the
+	// rules hold again.
+	mustExec(t, tx, "alter function durable.queue_report() security definer")
+	mustExec(t, tx, "revoke all on function durable.queue_report() from public")
+	mustExec(t, tx, "grant execute on function durable.queue_report() to durable_admin")
+	mustExec(t, tx, "drop function durable._report_helper()")
+	require.Empty(t, privilegeProblems(t, tx))
+}
+
+// A migration run after a public function appeared without a role fails
+// with QD041 (ErrFunctionWithoutRole) naming it: how a merged function that
+// nobody gave a role is caught at install time.
+func TestMigrateRefusesFunctionWithoutRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	conn := connect(t, testdb.NewDatabase(t))
+	require.NoError(t, durable.Migrate(ctx, conn, &durable.MigrateOptions{TargetVersion: 4}))
+	mustExec(t, conn, "create function durable.queue_report() returns integer language sql as 'select 1'")
+	err := durable.Migrate(ctx, conn, nil)
+	require.ErrorIs(t, err, durable.ErrFunctionWithoutRole)
+	require.ErrorContains(t, err, "queue_report")
+	installed, _, err := durable.MigrationStatus(ctx, conn)
+	require.NoError(t, err)
+	require.EqualValues(t, 4, installed, "the failed migration left nothing behind")
+}
+
+// privOp is one thing a role may or may not do. setup runs as the owner and
+// returns the arguments of sql, which runs as the role under test.
+type privOp struct {
+	name  string
+	least string // the least role allowed; "" for none
+	setup func(t *testing.T, owner *pgx.Conn, queue string) []any
+	sql   string
+}
+
+// ownerRunning spawns a task as the owner and claims it (with whatever else
+// is ready): its task and run.
+func ownerRunning(t *testing.T, owner *pgx.Conn, queue string) (durable.UUID, durable.UUID) {
+	t.Helper()
+	task := ownerSpawn(t, owner, queue)
+	var run durable.UUID
+	require.NoError(t, owner.QueryRow(context.Background(),
+		"select run_id from durable.claim_task($1, 'owner', 600, 10000) where task_id = $2", queue, task).Scan(&run))
+	return task, run
+}
+
+func ownerSpawn(t *testing.T, owner *pgx.Conn, queue string) durable.UUID {
+	t.Helper()
+	var task durable.UUID
+	require.NoError(t, owner.QueryRow(context.Background(), "select task_id from durable.spawn_task($1, 'job')", queue).Scan(&task))
+	return task
+}
+
+var privQueueSeq atomic.Int64
+
+type privSetup = func(t *testing.T, owner *pgx.Conn, queue string) []any
+
+// privOps covers every public function (each with arguments that succeed for
+// a role allowed to call it), some internal helpers and the tables. The
+// statements use no operator and no unqualified function, so that an
+// attacker's search_path cannot change them.
+func privOps() []privOp {
+	queueOnly := func(t *testing.T, owner *pgx.Conn, queue string) []any { return []any{queue} }
+	none := func(t *testing.T, owner *pgx.Conn, queue string) []any { return nil }
+	spawned := func(t *testing.T, owner *pgx.Conn, queue string) []any {
+		return []any{queue, ownerSpawn(t, owner, queue)}
+	}
+	running := func(t *testing.T, owner *pgx.Conn, queue string) []any {
+		task, run := ownerRunning(t, owner, queue)
+		return []any{queue, task, run}
+	}
+	runOnly := func(t *testing.T, owner *pgx.Conn, queue string) []any {
+		_, run := ownerRunning(t, owner, queue)
+		return []any{queue, run}
+	}
+	fresh := func(t *testing.T, owner *pgx.Conn, queue string) []any {
+		return []any{fmt.Sprintf("priv_new_%d", privQueueSeq.Add(1))}
+	}
+	return []privOp{
+		{"spawn_task", "durable_producer", queueOnly, "select * from durable.spawn_task($1, 'job', '{}', false, 'key-1')"},
+		{"spawn_tasks", "durable_producer", queueOnly, `select * from durable.spawn_tasks($1, '[{"task_name": "a"}, {"task_name": "b"}]')`},
+		{"cancel_task", "durable_producer", spawned, "select durable.cancel_task($1, $2)"},
+		{"get_task_result", "durable_producer", spawned, "select * from durable.get_task_result($1, $2)"},
+		{"list_queues", "durable_producer", none, "select * from durable.list_queues()"},
+		{"current_time", "durable_producer", none, "select durable.current_time()"},
+
+		{"claim_task", "durable_worker", func(t *testing.T, owner *pgx.Conn, queue string) []any {
+			ownerSpawn(t, owner, queue)
+			return []any{queue}
+		}, "select * from durable.claim_task($1, 'w', 30, 5)"},
+		{"complete_run", "durable_worker", runOnly, `select durable.complete_run($1, $2, '{"ok": true}')`},
+		{"complete_runs", "durable_worker", func(t *testing.T, owner *pgx.Conn, queue string) []any {
+			_, run := ownerRunning(t, owner, queue)
+			return []any{queue, fmt.Sprintf(`[{"run_id": %q}]`, run)}
+		}, "select * from durable.complete_runs($1, $2)"},
+		{"fail_run", "durable_worker", runOnly, `select durable.fail_run($1, $2, '{"message": "no"}')`},
+		{"extend_claim", "durable_worker", runOnly, "select durable.extend_claim($1, $2, 60)"},
+		{"set_task_checkpoint_state", "durable_worker", running, `select durable.set_task_checkpoint_state($1, $2, 'step', '{"n": 1}', $3)`},
+		{"get_task_checkpoint_states", "durable_worker", running, "select * from durable.get_task_checkpoint_states($1, $2, $3)"},
+		{"sleep_until", "durable_worker", func(t *testing.T, owner *pgx.Conn, queue string) []any {
+			return append(running(t, owner, queue), time.Now().Add(time.Hour))
+		}, "select durable.sleep_until($1, $2, $3, 'nap', $4)"},
+		{"emit_event", "durable_worker", queueOnly, `select durable.emit_event($1, 'paid', '{"amount": 1}')`},
+		{"await_event", "durable_worker", running, "select * from durable.await_event($1, $2, $3, 'wait', 'shipped', 60)"},
+		{"await_task_result", "durable_worker", func(t *testing.T, owner *pgx.Conn, queue string) []any {
+			return append(running(t, owner, queue), ownerSpawn(t, owner, queue))
+		}, "select * from durable.await_task_result($1, $2, $3, 'child', $4, 60)"},
+
+		{"create_queue", "durable_admin", fresh, "select durable.create_queue($1)"},
+		{"drop_queue", "durable_admin", func(t *testing.T, owner *pgx.Conn, queue string) []any {
+			name := fresh(t, owner, queue)
+			mustExec(t, owner, "select durable.create_queue($1)", name...)
+			return name
+		}, "select durable.drop_queue($1)"},
+		{"ensure_queue_tables", "durable_admin", queueOnly, "select durable.ensure_queue_tables($1)"},
+		{"retry_task", "durable_admin", func(t *testing.T, owner *pgx.Conn, queue string) []any {
+			args := spawned(t, owner, queue)
+			mustExec(t, owner, "select durable.cancel_task($1, $2)", args...)
+			return args
+		}, "select * from durable.retry_task($1, $2)"},
+
+		{"internal _require_queue", "", queueOnly, "select durable._require_queue($1)"},
+		{"internal _prepared", "", queueOnly, "select durable._prepared($1, 'x', '(integer)', 'select $1')"},
+		{"internal _cancel_task", "", spawned, `select durable._cancel_task($1, $2, '{}', '2030-01-01', false)`},
+		{"internal _grant_roles", "", none, "select durable._grant_roles()"},
+		{"select from the task table", "", none, "select task_id from durable.t_priv"},
+		{"insert into the run table", "", none, "insert into durable.r_priv (run_id) values ('4d7c4c4e-0000-4000-8000-000000000000')"},
+		{"update the queue list", "", none, "update durable.queues set created_at = '2030-01-01'"},
+		{"delete from the event table", "", none, "delete from durable.e_priv"},
+		{"truncate the wait table", "", none, "truncate durable.w_priv"},
+		{"read the schema version", "", none, "select version from durable.schema_version"},
+	}
+}
+
+var roleLevel = map[string]int{"": 0, "durable_producer": 1, "durable_worker": 2, "durable_admin": 3}
+
+// Each role can do its job and nothing more: a login role granted
+// durable_producer, durable_worker or durable_admin (or none of them) calls
+// every public function, some internal helpers and the tables; what its role
+// allows succeeds, everything else fails with 42501.
+func TestRolesDoTheirJobAndNothingMore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	logins := map[string]string{}
+	for _, r := range []string{"", "durable_producer", "durable_worker", "durable_admin"} {
+		if r == "" {
+			logins[r] = loginRole(t, "nobody")
+		} else {
+			logins[r] = loginRole(t, strings.TrimPrefix(r, "durable_"), r)
+		}
+	}
+	db := testdb.Clone(t)
+	owner := connect(t, db)
+	mustExec(t, owner, "select durable.create_queue('priv')")
+
+	allowed := map[string]int{}
+	for _, role := range []string{"", "durable_producer", "durable_worker", "durable_admin"} {
+		as := connectAs(t, db, logins[role], nil)
+		for _, op := range privOps() {
+			args := op.setup(t, owner, "priv")
+			_, err := as.Exec(ctx, op.sql, args...)
+			label := fmt.Sprintf("%s as %s", op.name, logins[role])
+			if op.least != "" && roleLevel[role] >= roleLevel[op.least] {
+				require.NoError(t, err, label)
+				allowed[role]++
+			} else {
+				requireDenied(t, err, label)
+			}
+		}
+	}
+	require.Equal(t, map[string]int{"durable_producer": 6, "durable_worker": 17, "durable_admin": 21}, allowed,
+		"calls that succeeded per role (the other %d of each were refused)", len(privOps()))
+}
+
+// requireDenied asserts that err is 42501 (insufficient_privilege).
+func requireDenied(t *testing.T, err error, label string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	require.True(t, errors.As(err, &pgErr), "%s: want 42501, got %v", label, err)
+	require.Equal(t, "42501", pgErr.Code, "%s: %s", label, pgErr.Message)
+}
