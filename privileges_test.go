@@ -8,9 +8,12 @@ package durable_test
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -390,4 +393,289 @@ func requireDenied(t *testing.T, err error, label string) {
 	var pgErr *pgconn.PgError
 	require.True(t, errors.As(err, &pgErr), "%s: want 42501, got %v", label, err)
 	require.Equal(t, "42501", pgErr.Code, "%s: %s", label, pgErr.Message)
+}
+
+// hijacks returns the notices of attacker code that ran ("hijacked: ...").
+func hijacks(seen *notices) []string {
+	var out []string
+	for _, m := range seen.take() {
+		if strings.HasPrefix(m, "hijacked:") {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// attackerSchema creates, as the owner, a schema the role owns: the worst
+// case, a login role that may create functions and operators.
+func attackerSchema(t *testing.T, owner *pgx.Conn, schema, role string) {
+	t.Helper()
+	mustExec(t, owner, fmt.Sprintf("create schema %s authorization %s", schema, role))
+}
+
+// evilSearchPathSQL creates, in schema attack, operators and functions named
+// like pg_catalog's that report (as a NOTICE, with the user they run as) and
+// then do what the real ones do, and temporary tables named like durable's.
+func evilSearchPathSQL() string {
+	var b strings.Builder
+	b.WriteString(`create function attack.hit(p_what text) returns void language plpgsql as $f$
+begin
+  raise notice 'hijacked: % ran as %', p_what, current_user;
+end $f$;
+`)
+	ops := []struct{ op, left, right, result string }{
+		{"=", "text", "text", "boolean"}, {"<>", "text", "text", "boolean"},
+		{"=", "uuid", "uuid", "boolean"}, {"=", "integer", "integer", "boolean"},
+		{"<", "integer", "integer", "boolean"}, {">=", "integer", "integer", "boolean"},
+		{"=", "bigint", "bigint", "boolean"}, {"=", "bytea", "bytea", "boolean"},
+		{"<=", "timestamptz", "timestamptz", "boolean"}, {"<", "timestamptz", "timestamptz", "boolean"},
+		{">", "timestamptz", "timestamptz", "boolean"}, {"=", "jsonb", "jsonb", "boolean"},
+		{"->>", "jsonb", "text", "text"}, {"->", "jsonb", "text", "jsonb"}, {"?", "jsonb", "text", "boolean"},
+		{"||", "text", "text", "text"}, {"+", "timestamptz", "interval", "timestamptz"},
+	}
+	for i, o := range ops {
+		fmt.Fprintf(&b, `create function attack.op%d(%s, %s) returns %s language plpgsql as $f$
+begin
+  perform attack.hit(%s);
+  return $1 operator(pg_catalog.%s) $2;
+end $f$;
+create operator attack.%s (leftarg = %s, rightarg = %s, function = attack.op%d);
+`, i, o.left, o.right, o.result, quoteLiteral(o.left+" "+o.op+" "+o.right), o.op, o.op, o.left, o.right, i)
+	}
+	fns := []struct{ name, args, call, result string }{
+		{"now", "", "", "timestamptz"}, {"md5", "text", "$1", "text"},
+		{"current_setting", "text, boolean", "$1, $2", "text"}, {"set_config", "text, text, boolean", "$1, $2, $3", "text"},
+		{"gen_random_uuid", "", "", "uuid"}, {"lower", "text", "$1", "text"}, {"length", "text", "$1", "integer"},
+		{"btrim", "text, text", "$1, $2", "text"}, {"jsonb_typeof", "jsonb", "$1", "text"},
+		{"to_jsonb", "anyelement", "$1", "jsonb"}, {"quote_literal", "text", "$1", "text"},
+		{"left", "text, integer", "$1, $2", "text"}, {"array_length", "anyarray, integer", "$1, $2", "integer"},
+		{"make_interval", "integer, integer, integer, integer, integer, integer, double precision",
+			"$1, $2, $3, $4, $5, $6, $7", "interval"},
+		{"jsonb_array_elements", "jsonb", "$1", "setof jsonb"},
+	}
+	for _, f := range fns {
+		ret := "return pg_catalog." + f.name + "(" + f.call + ");"
+		if strings.HasPrefix(f.result, "setof") {
+			ret = "return query select pg_catalog." + f.name + "(" + f.call + ");"
+		}
+		fmt.Fprintf(&b, `create function attack.%s(%s) returns %s language plpgsql as $f$
+begin
+  perform attack.hit(%s);
+  %s
+end $f$;
+`, f.name, f.args, f.result, quoteLiteral(f.name+"()"), ret)
+	}
+	b.WriteString(`create function attack.pg_notify(text, text) returns void language plpgsql as $f$
+begin
+  perform attack.hit('pg_notify()');
+  perform pg_catalog.pg_notify($1, $2);
+end $f$;
+create function attack.pg_advisory_xact_lock(bigint) returns void language plpgsql as $f$
+begin
+  perform attack.hit('pg_advisory_xact_lock()');
+  perform pg_catalog.pg_advisory_xact_lock($1);
+end $f$;
+create temp table queues (queue_name text, created_at timestamptz);
+create temp table t_hijack (task_id uuid);
+`)
+	return b.String()
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// An attacker-controlled search_path hijacks nothing: a login role with every
+// durable role and a schema of its own fills it with operators (=, <>, ->>,
+// ||, ...) and functions (now, md5, current_setting, ...) named like
+// pg_catalog's, puts it first (before pg_temp and pg_catalog, holding temp
+// tables named like durable's) and calls every public function; none of its
+// code runs. The control, a security definer function without a search_path
+// of its own, shows that the same objects do take over a function that is
+// open to it.
+func TestSearchPathCannotHijackFunctions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	attacker := loginRole(t, "attacker", "durable_admin")
+	db := testdb.Clone(t)
+	owner := connect(t, db)
+	var ownerName string
+	require.NoError(t, owner.QueryRow(ctx, "select current_user").Scan(&ownerName))
+	attackerSchema(t, owner, "attack", attacker)
+	mustExec(t, owner, `create function attack.vulnerable() returns boolean language plpgsql security definer as $f$
+begin
+  return now() is not null and 'a' = 'a';
+end $f$`)
+	mustExec(t, owner, "grant execute on function attack.vulnerable() to "+attacker)
+	mustExec(t, owner, "select durable.create_queue('priv')")
+
+	seen := &notices{}
+	as := connectAs(t, db, attacker, seen)
+	mustExec(t, as, evilSearchPathSQL())
+	mustExec(t, as, "set search_path = attack, pg_temp, pg_catalog")
+
+	mustExec(t, as, "select attack.vulnerable()")
+	control := hijacks(seen)
+	require.Contains(t, control, "hijacked: now() ran as "+ownerName, "the attack objects must take over an open function")
+	require.Contains(t, control, "hijacked: text = text ran as "+ownerName)
+
+	calls := 0
+	for _, op := range privOps() {
+		if op.least == "" {
+			continue
+		}
+		args := op.setup(t, owner, "priv")
+		_, err := as.Exec(ctx, op.sql, args...)
+		require.NoError(t, err, op.name)
+		require.Empty(t, hijacks(seen), "%s ran attacker code", op.name)
+		calls++
+	}
+	require.Equal(t, 21, calls)
+
+	// The same through the Go client, whose worker takes every hot path.
+	c, err := durable.New(as, nil)
+	require.NoError(t, err)
+	_, err = c.Spawn(ctx, "priv", "job", map[string]int{"n": 1}, &durable.SpawnOptions{IdempotencyKey: "go-1"})
+	require.NoError(t, err)
+	runs, err := c.ClaimTasks(ctx, "priv", "go", time.Minute, 100)
+	require.NoError(t, err)
+	require.NotEmpty(t, runs)
+	for _, r := range runs {
+		require.NoError(t, c.CompleteRun(ctx, "priv", r.RunID, map[string]bool{"ok": true}))
+	}
+	require.Empty(t, hijacks(seen))
+}
+
+func statementName(statement, queue string) string {
+	sum := md5.Sum([]byte(queue))
+	return "durable_" + statement + "_" + hex.EncodeToString(sum[:])
+}
+
+// A login role cannot make a definer function run a statement of its own
+// through durable._prepared's session prepared statements: not by preparing
+// the name first (with the durable.prepared.<name> setting forged), not by
+// deallocating ours and preparing its own in its place, not with our exact
+// text prepared under a search_path of its operators or of its types; and it
+// cannot run our statements itself to get around the functions.
+func TestPreparedStatementsCannotBeHijacked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	worker := loginRole(t, "preparer", "durable_worker")
+	db := testdb.Clone(t)
+	owner := connect(t, db)
+	attackerSchema(t, owner, "attack", worker)
+	attackerSchema(t, owner, "attack_types", worker)
+	mustExec(t, owner, "select durable.create_queue('prep')")
+	name := statementName("claim", "prep")
+	seen := &notices{}
+	as := connectAs(t, db, worker, seen)
+	mustExec(t, as, `create function attack.evil_claim(timestamptz, integer, text, integer)
+returns table (run_id uuid, task_id uuid, attempt integer, task_name text, params jsonb, headers jsonb,
+               max_attempts integer, claim_expires_at timestamptz)
+language plpgsql as $f$
+begin
+  raise notice 'hijacked: evil_claim ran as %', current_user;
+end $f$`)
+	mustExec(t, as, evilSearchPathSQL())
+	mustExec(t, as, `create function attack_types.spy(timestamptz) returns boolean language plpgsql as $f$
+begin
+  raise notice 'hijacked: a domain check ran as %', current_user;
+  return true;
+end $f$;
+create domain attack_types.timestamptz as pg_catalog.timestamptz check (attack_types.spy(value))`)
+	evil := fmt.Sprintf("prepare %s (timestamptz, integer, text, integer) as select * from attack.evil_claim($1, $2, $3, $4)", name)
+
+	// claimOwn spawns a task as the owner and claims as the role: the claim
+	// must return that task, and no attacker code may have run.
+	claimOwn := func(label string) {
+		t.Helper()
+		task := ownerSpawn(t, owner, "prep")
+		var got []durable.UUID
+		rows, err := as.Query(ctx, "select task_id from durable.claim_task('prep', 'w', 30, 100)")
+		require.NoError(t, err, label)
+		got, err = pgx.CollectRows(rows, pgx.RowTo[durable.UUID])
+		require.NoError(t, err, label)
+		require.Equal(t, []durable.UUID{task}, got, label)
+		require.Empty(t, hijacks(seen), label)
+	}
+	ourText := func() string {
+		var text string
+		require.NoError(t, as.QueryRow(ctx, "select statement from pg_catalog.pg_prepared_statements where name = $1", name).Scan(&text))
+		return text
+	}
+
+	// 1. Prepared first, with the setting that says "already prepared".
+	mustExec(t, as, evil)
+	mustExec(t, as, "select pg_catalog.set_config($1, '1', false)", "durable.prepared."+name)
+	mustExec(t, as, fmt.Sprintf("execute %s(pg_catalog.now(), 1, 'w', 30)", name))
+	require.Len(t, hijacks(seen), 1, "control: the role's own statement runs when the role executes it")
+	claimOwn("prepared first")
+	text := ourText()
+	require.Contains(t, text, "for no key update of r, t skip locked", "ours replaced the role's")
+
+	// 2. Ours deallocated and the role's prepared in its place.
+	mustExec(t, as, "deallocate "+name)
+	mustExec(t, as, evil)
+	claimOwn("prepared in place of ours")
+	require.Equal(t, text, ourText())
+
+	// 3. Our exact text, prepared under a search_path whose = is the role's.
+	mustExec(t, as, "deallocate "+name)
+	mustExec(t, as, "set search_path = attack, pg_catalog")
+	mustExec(t, as, "prepare control as select 'a'::text = 'b'::text")
+	mustExec(t, as, "execute control")
+	require.Len(t, hijacks(seen), 1, "control: under this search_path = is the role's")
+	mustExec(t, as, text)
+	claimOwn("our text under the role's operators")
+
+	// 4. Our exact text, its parameter types resolved to the role's domain.
+	mustExec(t, as, "deallocate "+name)
+	mustExec(t, as, "set search_path = attack_types, pg_catalog")
+	mustExec(t, as, "select '2030-01-01'::timestamptz")
+	require.Len(t, hijacks(seen), 1, "control: under this search_path timestamptz is the role's domain")
+	mustExec(t, as, text)
+	claimOwn("our text with the role's types")
+	var types string
+	require.NoError(t, as.QueryRow(ctx, "select parameter_types::text from pg_catalog.pg_prepared_statements where name = $1", name).Scan(&types))
+	require.Equal(t, `{"timestamp with time zone",integer,text,integer}`, types)
+	mustExec(t, as, "reset search_path")
+
+	// 5. Our statements, executed by the role itself, read no table.
+	task, run := ownerRunning(t, owner, "prep")
+	mustExec(t, as, "select durable.extend_claim('prep', $1, 60)", run)
+	mustExec(t, as, "select * from durable.get_task_checkpoint_states('prep', $1, $2)", task, run)
+	mustExec(t, as, "select durable.complete_run('prep', $1, null)", run)
+	rows, err := as.Query(ctx, `select name, coalesce(array_length(parameter_types, 1), 0)
+		from pg_catalog.pg_prepared_statements where name like 'durable\_%' order by name`)
+	require.NoError(t, err)
+	type stmt struct {
+		Name   string
+		Params int
+	}
+	stmts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[stmt])
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(stmts), 4)
+	for _, s := range stmts {
+		nulls := strings.TrimSuffix(strings.Repeat("null, ", s.Params), ", ")
+		_, err := as.Exec(ctx, fmt.Sprintf("execute %s(%s)", s.Name, nulls))
+		requireDenied(t, err, "execute "+s.Name)
+	}
+}
+
+// The statements _prepared runs hold no backslash (see _prepared: the same
+// text must parse the same whatever standard_conforming_strings was when a
+// user prepared it).
+func TestPreparedStatementTextsHaveNoBackslash(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("sql/functions/*.sql")
+	require.NoError(t, err)
+	users := 0
+	for _, f := range files {
+		text, err := os.ReadFile(f)
+		require.NoError(t, err)
+		if filepath.Base(f) == "_prepared.sql" || !strings.Contains(string(text), "durable._prepared(") {
+			continue
+		}
+		users++
+		require.NotContains(t, string(text), `\`, f)
+	}
+	require.GreaterOrEqual(t, users, 5)
 }
