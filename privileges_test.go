@@ -679,3 +679,127 @@ func TestPreparedStatementTextsHaveNoBackslash(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, users, 5)
 }
+
+// durable.fake_now moves the clock only for sessions with the owner's
+// privileges: a worker that sets it cannot take a run before its time, and
+// a producer that sets it does not change when its task was enqueued.
+func TestFakeNowOnlyForTheOwner(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	worker := loginRole(t, "clock", "durable_worker")
+	db := testdb.Clone(t)
+	owner := connect(t, db)
+	mustExec(t, owner, "select durable.create_queue('clock')")
+	later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	var task durable.UUID
+	require.NoError(t, owner.QueryRow(ctx, "select task_id from durable.spawn_task('clock', 'job', '{}', false, null, $1::jsonb)",
+		availableAtOption(later)).Scan(&task))
+
+	as := connectAs(t, db, worker, nil)
+	future := time.Now().Add(2 * time.Hour).UTC().Format(time.RFC3339)
+	mustExec(t, as, "select pg_catalog.set_config('durable.fake_now', $1, false)", future)
+	var claimed int
+	require.NoError(t, as.QueryRow(ctx, "select count(*) from durable.claim_task('clock', 'w', 30, 10)").Scan(&claimed))
+	require.Zero(t, claimed, "a worker's fake_now must not make a later run claimable")
+	var enqueued time.Time
+	require.NoError(t, as.QueryRow(ctx, "select task_id from durable.spawn_task('clock', 'job')").Scan(&task))
+	require.NoError(t, owner.QueryRow(ctx, "select enqueued_at from durable.t_clock where task_id = $1", task).Scan(&enqueued))
+	require.WithinDuration(t, time.Now(), enqueued, 10*time.Minute, "a producer's fake_now must not date its task")
+
+	mustExec(t, owner, "select pg_catalog.set_config('durable.fake_now', $1, false)", future)
+	require.NoError(t, owner.QueryRow(ctx, "select count(*) from durable.claim_task('clock', 'w', 30, 10)").Scan(&claimed))
+	require.Equal(t, 2, claimed, "the owner's fake_now moves the clock (tests rely on it)")
+}
+
+// A role without CREATEROLE installs the schema when the roles exist (it
+// creates none), and owns what it installed; when a membership is missing
+// and it may not grant it, the install fails with QD040 and a hint.
+func TestInstallWithoutCreateRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	installer := loginRole(t, "installer")
+	db := testdb.NewDatabase(t)
+	super := connect(t, db)
+	mustExec(t, super, "alter database "+db+" owner to "+installer)
+	var createRole bool
+	require.NoError(t, super.QueryRow(ctx, "select rolcreaterole or rolsuper from pg_roles where rolname = $1", installer).Scan(&createRole))
+	require.False(t, createRole)
+
+	as := connectAs(t, db, installer, nil)
+	require.NoError(t, durable.Migrate(ctx, as, nil))
+	require.Empty(t, privilegeProblems(t, as))
+	var owned int
+	require.NoError(t, as.QueryRow(ctx, `select count(*) from pg_proc
+		where pronamespace = 'durable'::regnamespace and proowner <> current_user::regrole`).Scan(&owned))
+	require.Zero(t, owned, "the installer owns every function")
+	mustExec(t, as, "select durable.create_queue('mine')")
+
+	// A membership missing, in a transaction never committed: the other
+	// tests of this cluster keep seeing it.
+	tx, err := super.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	mustExec(t, tx, "revoke durable_producer from durable_worker")
+	mustExec(t, tx, "set local role "+installer)
+	_, err = tx.Exec(ctx, "select durable._grant_roles()")
+	pgErr := requireSQLState(t, err, "QD040")
+	require.Contains(t, pgErr.Message, "durable_worker is not a member of role durable_producer")
+	require.Contains(t, pgErr.Hint, "grant durable_producer to durable_worker")
+}
+
+// The Go package works with least privilege: an admin creates the queue, a
+// producer spawns and waits for results, a worker runs the handlers (steps,
+// checkpoints, heartbeats, completions, wake-ups), and the producer may not
+// create queues or claim.
+func TestGoClientWithLeastPrivilege(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	adminRole := loginRole(t, "goadmin", "durable_admin")
+	producerRole := loginRole(t, "goproducer", "durable_producer")
+	workerRole := loginRole(t, "goworker", "durable_worker")
+	db := testdb.Clone(t)
+
+	admin, err := durable.New(poolAs(t, db, adminRole), nil)
+	require.NoError(t, err)
+	require.NoError(t, admin.CreateQueue(ctx, "least"))
+	producer, err := durable.New(poolAs(t, db, producerRole), nil)
+	require.NoError(t, err)
+	workerClient, err := durable.New(poolAs(t, db, workerRole), nil)
+	require.NoError(t, err)
+
+	add := durable.DefineTask[sumParams, sumResult]("add")
+	w, err := workerClient.NewWorker(durable.WorkerConfig{Queue: "least", Concurrency: 4})
+	require.NoError(t, err)
+	durable.HandleTask(w, add, func(ctx context.Context, task *durable.Task, p sumParams) (sumResult, error) {
+		sum, err := durable.Step(ctx, task, "sum", func(context.Context) (int, error) { return p.A + p.B, nil })
+		return sumResult{Sum: sum}, err
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	defer func() {
+		stop()
+		require.NoError(t, <-done)
+	}()
+
+	const n = 20
+	ids := make([]durable.UUID, n)
+	for i := range ids {
+		s, err := add.Spawn(ctx, producer, "least", sumParams{A: i, B: 1}, &durable.SpawnOptions{IdempotencyKey: fmt.Sprint("sum-", i)})
+		require.NoError(t, err)
+		ids[i] = s.TaskID
+	}
+	for i, id := range ids {
+		got, err := add.WaitForResult(ctx, producer, "least", id)
+		require.NoError(t, err)
+		require.Equal(t, i+1, got.Sum)
+	}
+
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, producer.CreateQueue(ctx, "not-mine"), &pgErr)
+	require.Equal(t, "42501", pgErr.Code)
+	_, err = producer.ClaimTasks(ctx, "least", "p", time.Minute, 1)
+	require.ErrorAs(t, err, &pgErr)
+	require.Equal(t, "42501", pgErr.Code)
+}
