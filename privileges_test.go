@@ -41,15 +41,17 @@ func loginRole(t *testing.T, label string, grants ...string) string {
 	t.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("durable_test_%d_%s_%d", os.Getpid(), label, loginSeq.Add(1))
-	admin := connect(t, "postgres")
-	_, err := admin.Exec(ctx, fmt.Sprintf("create role %s login password '%s'", name, loginPassword))
+	admin, err := pgx.Connect(ctx, os.Getenv("DATABASE_URL"))
+	require.NoError(t, err)
+	defer admin.Close(ctx)
+	_, err = admin.Exec(ctx, fmt.Sprintf("create role %s login password '%s'", name, loginPassword))
 	require.NoError(t, err)
 	for _, g := range grants {
 		_, err := admin.Exec(ctx, fmt.Sprintf("grant %s to %s", g, name))
 		require.NoError(t, err)
 	}
 	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), testdb.URL("postgres"))
+		c, err := pgx.Connect(context.Background(), os.Getenv("DATABASE_URL"))
 		if err != nil {
 			return
 		}

@@ -69,7 +69,7 @@ failed=0
 i=0
 for major in $versions; do
   bin=$(server_bin "$major")
-  server=$("$bin/postgres" --version | awk '{print $NF}')
+  server=$("$bin/postgres" --version | sed -E 's/^postgres \(PostgreSQL\) //')
   args=(go test -count=1 -timeout 20m)
   lint="plpgsql_check run"
   if [ "$major" != 15 ]; then
@@ -102,5 +102,5 @@ echo "| version | server | result | duration | command |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
-echo "($(nproc) cores, $(date -u +%Y-%m-%d); go $(go env GOVERSION))"
+echo "($(nproc) cores, $(date -u +%Y-%m-%d), $(go env GOVERSION))"
 exit $failed
