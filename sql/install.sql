@@ -5227,18 +5227,20 @@ $$;
 -- it prepared (no lookup). Every other session checks pg_prepared_statements
 -- on each call: the statement of that name must have exactly our text and
 -- parameter types, else it is deallocated and ours prepared. The same text
--- and types mean the same statement: a statement prepared under another
--- search_path is parsed again under the caller's (pg_catalog, pg_temp) before
--- it runs, and its types are compared as resolved. The texts hold no
--- backslash, so standard_conforming_strings cannot change how they parse.
+-- and types mean the same statement: PostgreSQL analyses a prepared statement
+-- again when the search_path differs from the one it was prepared under (the
+-- functions run with pg_catalog, pg_temp), and the types are compared as
+-- resolved. The texts hold no backslash, so standard_conforming_strings
+-- cannot change how they parse.
 -- A login role executing one of these statements itself runs it with its own
 -- privileges, which include no table of the schema.
 --
 -- PREPARE is not transactional and the setting is: a statement prepared by a
 -- transaction that rolled back is found again and kept. DISCARD ALL clears
--- both. A session that runs DEALLOCATE ALL without DISCARD ALL must also call
--- select set_config(name, '', false) for the durable.prepared.* settings (or
--- reconnect). Locks nothing; raises nothing of its own.
+-- both. An owner's session that runs DEALLOCATE ALL without DISCARD ALL must
+-- also call select set_config(name, '', false) for the durable.prepared.*
+-- settings (or reconnect); other sessions prepare again by themselves.
+-- Locks nothing; raises nothing of its own.
 create or replace function durable._prepared(
   p_queue_name text,
   p_statement text,
