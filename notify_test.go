@@ -262,7 +262,7 @@ func ntStarted(w *durable.Worker) <-chan durable.UUID {
 }
 
 // TestWorkerNotifyWakesIdleWorker: a worker polling every 10s starts a task
-// spawned while it is idle within 2s, thanks to the notification.
+// spawned while it is idle within 5s (half its poll), thanks to the notification.
 func TestWorkerNotifyWakesIdleWorker(t *testing.T) {
 	t.Parallel()
 	env := newWorkerEnv(t, "notify_wakes")
@@ -273,7 +273,7 @@ func TestWorkerNotifyWakesIdleWorker(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // let the claim loop go idle
 	for i := 0; i < 3; i++ {
 		id := env.spawn("t", nil, nil)
-		require.Equal(t, id, recvWithin(t, started, 2*time.Second, "the start of a task spawned while the worker was idle"))
+		require.Equal(t, id, recvWithin(t, started, 5*time.Second, "the start of a task spawned while the worker was idle"))
 		env.waitState(id, durable.StateCompleted)
 	}
 }
@@ -311,7 +311,7 @@ func TestWorkerListensAgainAfterConnectionLoss(t *testing.T) {
 	env.ntListening(t, pid)
 	time.Sleep(100 * time.Millisecond)
 	id := env.spawn("t", nil, nil)
-	require.Equal(t, id, recvWithin(t, started, 2*time.Second, "the start of a task after listening again"))
+	require.Equal(t, id, recvWithin(t, started, 5*time.Second, "the start of a task after listening again"))
 	var warned bool
 	for _, r := range env.logs.atLeast(slog.LevelWarn) {
 		warned = warned || r.msg == "durable: not listening for notifications; polling until listening again"

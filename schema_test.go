@@ -19,11 +19,12 @@ import (
 )
 
 // catalogSnapshot lists, one line each and sorted, every table, column,
-// index, constraint and function of the durable schema, and the recorded
-// schema version: what two installs must agree on.
+// index, constraint and function of the durable schema with their access
+// rights, the schema's rights, and the recorded schema version: what two
+// installs must agree on.
 const catalogSnapshot = `
 select line from (
-  select format('relation %s kind=%s', c.relname, c.relkind) as line
+  select format('relation %s kind=%s acl=%s', c.relname, c.relkind, c.relacl) as line
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
    where n.nspname = 'durable'
   union all
@@ -43,9 +44,11 @@ select line from (
     from pg_constraint co join pg_class c on c.oid = co.conrelid join pg_namespace n on n.oid = c.relnamespace
    where n.nspname = 'durable'
   union all
-  select format('function %s %s', p.oid::regprocedure, pg_get_functiondef(p.oid))
+  select format('function %s acl=%s %s', p.oid::regprocedure, p.proacl, pg_get_functiondef(p.oid))
     from pg_proc p join pg_namespace n on n.oid = p.pronamespace
    where n.nspname = 'durable'
+  union all
+  select format('schema acl=%s', n.nspacl) from pg_namespace n where n.nspname = 'durable'
   union all
   select 'version ' || version from durable.schema_version
 ) s order by line`

@@ -31,6 +31,13 @@ const MigrationLock = 9628173550095224
 // VersionTable is where the installed version is recorded (tern's layout).
 const VersionTable = "durable.schema_version"
 
+// GrantFooter ends every migration that sqlgen writes: after the migration
+// has created or replaced functions, durable._grant_roles() gives each its
+// role (the list is in sql/functions/_grant_roles.sql) and takes EXECUTE away
+// from PUBLIC, which every new function starts with.
+const GrantFooter = "-- hand-written: privileges (each function's role: sql/functions/_grant_roles.sql)\n" +
+	"do $$ begin perform durable._grant_roles(); end $$;\n"
+
 // Migration is one sql/migrations file.
 type Migration struct {
 	Version int
@@ -157,6 +164,7 @@ func (p *Project) NextMigration(names []string, label string) (string, string) {
 	for _, name := range names {
 		writeBlock(&b, name, p.Functions[name])
 	}
+	b.WriteString(GrantFooter)
 	return file, b.String()
 }
 
@@ -220,8 +228,8 @@ func Verify(root string) error {
 
 // Amend returns the newest migration's text with the changed functions'
 // blocks replaced by their files, and blocks added after its last one for
-// changed functions it does not hold yet. Only for a migration that has not
-// landed: landed migrations are immutable.
+// changed functions it does not hold yet, ending with GrantFooter. Only for
+// a migration that has not landed: landed migrations are immutable.
 func (p *Project) Amend(names []string) (string, string, error) {
 	if len(p.Migrations) == 0 {
 		return "", "", fmt.Errorf("sqlgen: no migration to amend")
@@ -251,6 +259,9 @@ func (p *Project) Amend(names []string) (string, string, error) {
 			k += strings.Index(text[k:], "\n") + 1
 			text = text[:k] + "\n" + strings.TrimRight(added.String(), "\n") + "\n" + text[k:]
 		}
+	}
+	if !strings.Contains(text, GrantFooter) {
+		text = strings.TrimRight(text, "\n") + "\n\n" + GrantFooter
 	}
 	return last.File, text, nil
 }

@@ -16,13 +16,29 @@
 -- happened to be then: a plan made on an empty queue would otherwise scan it
 -- forever after. Every such statement is meant to be index-driven.
 --
--- The session remembers what it prepared in the setting
--- durable.prepared.<name>. PREPARE is not transactional and the setting is:
--- a statement prepared by a transaction that rolled back is found again
--- (duplicate_prepared_statement) and kept. DISCARD ALL clears both. A session
--- that runs DEALLOCATE ALL without DISCARD ALL must also call
--- select set_config(name, '', false) for the durable.prepared.* settings (or
--- reconnect). Locks nothing; raises nothing of its own.
+-- Safety. The public functions run as the schema's owner (security definer),
+-- and a prepared statement runs as whoever executes it, so the statement that
+-- runs under a name must be ours: the session's user could have prepared (or
+-- deallocated and re-prepared) a statement of that name to have the owner run
+-- it. A session whose user has the owner's privileges could do anything
+-- anyway; it trusts the setting durable.prepared.<name> that remembers what
+-- it prepared (no lookup). Every other session checks pg_prepared_statements
+-- on each call: the statement of that name must have exactly our text and
+-- parameter types, else it is deallocated and ours prepared. The same text
+-- and types mean the same statement: PostgreSQL analyses a prepared statement
+-- again when the search_path differs from the one it was prepared under (the
+-- functions run with pg_catalog, pg_temp), and the types are compared as
+-- resolved. The texts hold no backslash, so standard_conforming_strings
+-- cannot change how they parse.
+-- A login role executing one of these statements itself runs it with its own
+-- privileges, which include no table of the schema.
+--
+-- PREPARE is not transactional and the setting is: a statement prepared by a
+-- transaction that rolled back is found again and kept. DISCARD ALL clears
+-- both. An owner's session that runs DEALLOCATE ALL without DISCARD ALL must
+-- also call select set_config(name, '', false) for the durable.prepared.*
+-- settings (or reconnect); other sessions prepare again by themselves.
+-- Locks nothing; raises nothing of its own.
 create or replace function durable._prepared(
   p_queue_name text,
   p_statement text,
@@ -32,18 +48,29 @@ returns text
 language plpgsql
 as $$
 declare
-  v_name text := 'durable_' || p_statement || '_' || md5(p_queue_name);
+  v_name text := 'durable_' || p_statement || '_' || pg_catalog.md5(p_queue_name);
+  v_prepare text;
+  v_ours boolean;
 begin
-  if current_setting('durable.prepared.' || v_name, true) is distinct from '1' then
-    begin
-      execute format('prepare %I %s as ', v_name, p_types)
-        || format(p_sql, 't_' || p_queue_name, 'r_' || p_queue_name, 'c_' || p_queue_name,
-                  'e_' || p_queue_name, 'w_' || p_queue_name);
-    exception when duplicate_prepared_statement then
-      null;
-    end;
-    perform set_config('durable.prepared.' || v_name, '1', false);
+  if pg_catalog.current_setting('durable.prepared.' || v_name, true) = '1'
+     and pg_catalog.pg_has_role(session_user, current_user, 'usage') then
+    return v_name;
   end if;
+  v_prepare := pg_catalog.format('prepare %I %s as ', v_name, p_types)
+    || pg_catalog.format(p_sql, 't_' || p_queue_name, 'r_' || p_queue_name, 'c_' || p_queue_name,
+                         'e_' || p_queue_name, 'w_' || p_queue_name);
+  select s.statement = v_prepare
+         and s.parameter_types = ('{' || pg_catalog.btrim(p_types, '()') || '}')::pg_catalog.regtype[]
+    into v_ours
+    from pg_catalog.pg_prepared_statements s
+   where s.name = v_name;
+  if v_ours is null then
+    execute v_prepare;
+  elsif not v_ours then
+    execute pg_catalog.format('deallocate %I', v_name);
+    execute v_prepare;
+  end if;
+  perform pg_catalog.set_config('durable.prepared.' || v_name, '1', false);
   return v_name;
 end;
 $$;

@@ -19,6 +19,7 @@ create or replace function durable.await_event(
   p_timeout_seconds integer default null)
 returns table (status text, payload jsonb)
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

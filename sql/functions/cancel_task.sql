@@ -11,6 +11,7 @@
 create or replace function durable.cancel_task(p_queue_name text, p_task_id uuid)
 returns text
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

@@ -37,6 +37,7 @@ returns table (
   max_attempts integer,
   claim_expires_at timestamptz)
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

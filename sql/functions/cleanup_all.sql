@@ -18,6 +18,7 @@ create or replace function durable.cleanup_all(p_limit integer default 1000)
 returns table (queue_name text, task_ttl_seconds integer, event_ttl_seconds integer,
                tasks_deleted integer, events_deleted integer)
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare

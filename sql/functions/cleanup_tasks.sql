@@ -36,6 +36,7 @@ create or replace function durable.cleanup_tasks(
   p_limit integer default 1000)
 returns integer
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 as $$

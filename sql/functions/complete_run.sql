@@ -15,6 +15,7 @@ create or replace function durable.complete_run(
   p_result jsonb default null)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

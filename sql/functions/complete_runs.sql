@@ -39,6 +39,7 @@ create or replace function durable.complete_runs(
   p_runs jsonb)
 returns table (run_id uuid, completed boolean, error_code text)
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

@@ -8,6 +8,7 @@
 create or replace function durable.create_queue(p_queue_name text)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

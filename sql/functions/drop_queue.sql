@@ -7,6 +7,7 @@
 create or replace function durable.drop_queue(p_queue_name text)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

@@ -13,6 +13,7 @@ create or replace function durable.emit_event(
   p_payload jsonb default null)
 returns boolean
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

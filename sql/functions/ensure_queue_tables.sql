@@ -48,6 +48,7 @@
 create or replace function durable.ensure_queue_tables(p_queue_name text)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set client_min_messages = warning
 as $$

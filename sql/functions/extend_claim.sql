@@ -10,6 +10,7 @@ create or replace function durable.extend_claim(
   p_extend_by integer)
 returns timestamptz
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

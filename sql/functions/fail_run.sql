@@ -14,6 +14,7 @@ create or replace function durable.fail_run(
   p_retry_at timestamptz default null)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

@@ -29,6 +29,7 @@ returns table (
   runs             jsonb,
   checkpoints      jsonb)
 language plpgsql
+security definer
 stable
 set search_path = pg_catalog, pg_temp
 as $$

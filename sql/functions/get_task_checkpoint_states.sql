@@ -8,6 +8,7 @@ create or replace function durable.get_task_checkpoint_states(
 returns table (step_name text, state jsonb, run_id uuid, attempt integer, updated_at timestamptz)
 language plpgsql
 stable
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare

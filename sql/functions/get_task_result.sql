@@ -6,6 +6,7 @@ create or replace function durable.get_task_result(p_queue_name text, p_task_id 
 returns table (task_id uuid, state text, result jsonb, failure_reason jsonb)
 language plpgsql
 stable
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

@@ -3,6 +3,7 @@ create or replace function durable.list_queues()
 returns table (queue_name text)
 language plpgsql
 stable
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

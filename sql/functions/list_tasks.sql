@@ -40,6 +40,7 @@ returns table (
   finished_at      timestamptz,
   parent_task_id   uuid)
 language plpgsql
+security definer
 stable
 set search_path = pg_catalog, pg_temp
 as $$

@@ -45,6 +45,7 @@ returns table (
   terminal_counts  text,
   measured_at      timestamptz)
 language plpgsql
+security definer
 stable
 set search_path = pg_catalog, pg_temp
 as $$

@@ -24,6 +24,7 @@
 create or replace function durable.register_waiter(p_queue_name text)
 returns boolean
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare

@@ -32,6 +32,7 @@ create or replace function durable.retry_task(
   p_options jsonb default '{}')
 returns table (task_id uuid, run_id uuid, attempt integer, created boolean, state text)
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

@@ -15,6 +15,7 @@ create or replace function durable.set_queue_retention(
   p_event_ttl_seconds integer)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

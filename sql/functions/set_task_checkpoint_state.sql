@@ -16,6 +16,7 @@ create or replace function durable.set_task_checkpoint_state(
   p_extend_claim_by integer default null)
 returns void
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off

@@ -60,6 +60,7 @@ create or replace function durable.spawn_tasks(
   p_tasks jsonb)
 returns table (ordinality integer, task_id uuid, run_id uuid, attempt integer, created boolean, state text)
 language plpgsql
+security definer
 set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 as $$
