@@ -144,6 +144,11 @@ func (s *Server) URL() string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)
 }
 
+// LogFile returns the path of the server's log.
+func (s *Server) LogFile() string {
+	return filepath.Join(s.dir, "server.log")
+}
+
 // Restart stops the server with an immediate shutdown (a crash: every
 // connection is cut, no checkpoint is written) and starts it again on the same
 // port, waiting until it accepts connections after crash recovery.
