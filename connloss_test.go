@@ -11,6 +11,7 @@ package durable_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -28,14 +29,18 @@ import (
 	"github.com/durable-go/durable/internal/testdb"
 )
 
-// cutProxy forwards TCP connections to the test server. Once armed, it drops
-// the next bytes the server sends and closes both sides of that connection.
+// cutProxy forwards TCP connections to the test server. Once armed, it lets
+// the server's messages through until a command has completed and the server
+// is ready for the next query (CommandComplete, then ReadyForQuery: the call
+// has taken effect, committed if it was autocommit or a COMMIT), drops that
+// ReadyForQuery and closes both sides of the connection.
 type cutProxy struct {
 	ln     net.Listener
 	target string
 
 	mu    sync.Mutex
 	armed bool
+	done  bool // armed, and a CommandComplete has gone through
 	cuts  int
 }
 
@@ -67,30 +72,55 @@ func (p *cutProxy) serve() {
 	}
 }
 
-// replies copies the server's bytes to the client until the proxy is armed.
+// replies copies the server's messages to the client, one at a time, until
+// the armed cut.
 func (p *cutProxy) replies(server, client net.Conn) {
 	defer client.Close()
 	defer server.Close()
 	buf := make([]byte, 64<<10)
+	var pending []byte
 	for {
 		n, err := server.Read(buf)
 		if err != nil {
 			return
 		}
-		p.mu.Lock()
-		cut := p.armed
-		if cut {
-			p.armed = false
-			p.cuts++
-		}
-		p.mu.Unlock()
-		if cut {
-			return
-		}
-		if _, err := client.Write(buf[:n]); err != nil {
-			return
+		pending = append(pending, buf[:n]...)
+		for len(pending) >= 5 {
+			size := 1 + int(binary.BigEndian.Uint32(pending[1:5]))
+			if len(pending) < size {
+				break
+			}
+			msg := pending[:size]
+			if p.cutAt(msg[0]) {
+				return
+			}
+			if _, err := client.Write(msg); err != nil {
+				return
+			}
+			pending = pending[size:]
 		}
 	}
+}
+
+// cutAt reports whether the message of type typ is where the armed cut
+// happens.
+func (p *cutProxy) cutAt(typ byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.armed {
+		return false
+	}
+	switch typ {
+	case 'C': // CommandComplete
+		p.done = true
+	case 'Z': // ReadyForQuery
+		if p.done {
+			p.armed, p.done = false, false
+			p.cuts++
+			return true
+		}
+	}
+	return false
 }
 
 // cutNextReply makes the proxy drop the next reply and cut its connection.
@@ -264,7 +294,8 @@ func TestConnLossDuringClaim(t *testing.T) {
 	env := newConnLossEnv(t)
 	proxy := newCutProxy(t)
 	c := client(t, env.pool)
-	spawned, err := c.Spawn(ctx, env.queue, "t", nil, connLossKey)
+	spawned, err := c.Spawn(ctx, env.queue, "t", nil, &durable.SpawnOptions{
+		IdempotencyKey: "order-42", RetryStrategy: &durable.RetryStrategy{Kind: durable.RetryNone}})
 	require.NoError(t, err)
 
 	conn := proxy.connect(t, env.name)
