@@ -350,6 +350,14 @@ func requireConsistentQueue(t *testing.T, db dbtx, q string) {
 	for _, c := range checks {
 		var n int
 		require.NoError(t, db.QueryRow(context.Background(), c.sql).Scan(&n), c.what)
+		if n > 0 && strings.HasPrefix(c.what, "live children") {
+			var rows string
+			require.NoError(t, db.QueryRow(context.Background(), `select string_agg(format('child %s %s attempts %s (%s) of parent %s %s (%s)',
+			   c.task_id, c.state, c.attempts, c.failure_reason, p.task_id, p.state, p.failure_reason), E'\n')
+			   from `+tk+` c join `+tk+` p on p.task_id = c.parent_task_id
+			  where p.state in ('failed', 'cancelled') and c.state not in ('completed', 'failed', 'cancelled')`).Scan(&rows))
+			t.Log(rows)
+		}
 		require.Zero(t, n, "%s in queue %s", c.what, q)
 	}
 }
@@ -389,6 +397,9 @@ func TestLockOrderSoak(t *testing.T) {
 				var pgErr *pgconn.PgError
 				if errors.As(err, &pgErr) {
 					codes[pgErr.Code]++
+					if pgErr.Code == "40P01" {
+						t.Logf("deadlock: %s\n%s\n%s", pgErr.Message, pgErr.Detail, pgErr.Where)
+					}
 				} else {
 					codes[err.Error()]++
 				}

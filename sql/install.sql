@@ -5731,6 +5731,173 @@ begin
 end;
 $$;
 -- end function: spawn_tasks
+
+-- function: retry_task
+-- durable.retry_task(queue, task_id, options): runs a failed or cancelled task
+-- again and returns (task_id, run_id, attempt, created, state) like spawn_task.
+--
+-- Options (JSON object): "spawn_new" (boolean, default false) and
+-- "max_attempts" (integer >= 1). In place (the default), the task gets a new
+-- run, attempt n+1, and takes its idempotency key again; its max_attempts
+-- becomes the option's value, or grows by one when the attempts are used up,
+-- its max_duration (if any) counts again from the retry's first start, and its
+-- awaits start afresh (its waits ended with it: _task_finished).
+-- If a newer live task holds the key meanwhile, the in-place retry fails with
+-- QD014 naming the holder: there are never two live holders of one key. With
+-- "spawn_new": true, the task's name, params, key and options are spawned as a
+-- new task through spawn_task, so a live holder of the key is returned
+-- (created = false) instead.
+--
+-- The new run is claimable at once: an in-place retry notifies durable_<queue>
+-- (pg_notify, delivered at commit) so that listening workers claim it.
+--
+-- A child whose parent failed or was cancelled is not retried (QD016), as
+-- spawn_task refuses such a child: it would be live under a finished parent.
+--
+-- Locks the task's parent, if any, in share mode (as spawn_task does: an end
+-- of the parent waits for the retry and then cascades to the child), then the
+-- task row: parents before children, the order of the cancellation cascade.
+-- Raises QD001, QD002, QD005 (invalid options), QD014 (key_held), QD015
+-- (task_not_retryable: the task is not failed or cancelled), QD016
+-- (parent_finished) and QD020 (task_not_found).
+create or replace function durable.retry_task(
+  p_queue_name text,
+  p_task_id uuid,
+  p_options jsonb default '{}')
+returns table (task_id uuid, run_id uuid, attempt integer, created boolean, state text)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+as $$
+declare
+  v_t text := 't_' || p_queue_name;
+  v_r text := 'r_' || p_queue_name;
+  v_now timestamptz := durable.current_time();
+  v_task_name text;
+  v_params jsonb;
+  v_headers jsonb;
+  v_retry_strategy jsonb;
+  v_task_max_attempts integer;
+  v_state text;
+  v_attempts integer;
+  v_idempotency_key text;
+  v_key_hash bytea;
+  v_parent_task_id uuid;
+  v_parent_state text;
+  v_max_duration integer;
+  v_key text;
+  v_val jsonb;
+  v_spawn_new boolean := false;
+  v_max_attempts integer;
+  v_holder uuid;
+  v_run_id uuid := gen_random_uuid();
+begin
+  perform durable._require_queue(p_queue_name);
+  if p_options is not null and jsonb_typeof(p_options) <> 'object' then
+    raise exception 'retry_task options must be a JSON object, got %', left(p_options::text, 200)
+      using errcode = 'QD005';
+  end if;
+  for v_key, v_val in select e.key, e.value from jsonb_each(coalesce(p_options, '{}'::jsonb)) e loop
+    case v_key
+      when 'spawn_new' then
+        if jsonb_typeof(v_val) <> 'boolean' then
+          raise exception 'retry_task option spawn_new must be true or false, got %', v_val::text
+            using errcode = 'QD005';
+        end if;
+        v_spawn_new := v_val::boolean;
+      when 'max_attempts' then
+        if jsonb_typeof(v_val) <> 'number' or v_val::numeric <> trunc(v_val::numeric)
+           or v_val::numeric < 1 or v_val::numeric > 2147483647 then
+          raise exception 'retry_task option max_attempts must be an integer from 1 to 2147483647, got %', v_val::text
+            using errcode = 'QD005';
+        end if;
+        v_max_attempts := v_val::numeric::integer;
+      else
+        raise exception 'unknown retry_task option %', quote_literal(v_key)
+          using errcode = 'QD005', hint = 'Known options: spawn_new, max_attempts.';
+    end case;
+  end loop;
+
+  -- A task's parent never changes: read it without a lock, lock the parent,
+  -- then the task.
+  execute format('select t.parent_task_id from durable.%I t where t.task_id = $1', v_t)
+    into v_parent_task_id
+    using p_task_id;
+  if v_parent_task_id is not null then
+    execute format('select t.state from durable.%I t where t.task_id = $1 for share', v_t)
+      into v_parent_state
+      using v_parent_task_id;
+  end if;
+
+  execute format('select t.task_name, t.params, t.headers, t.retry_strategy, t.max_attempts, t.state,
+                         t.attempts, t.idempotency_key, t.key_hash, t.parent_task_id, t.max_duration
+                    from durable.%I t where t.task_id = $1 for no key update', v_t)
+    into v_task_name, v_params, v_headers, v_retry_strategy, v_task_max_attempts, v_state,
+         v_attempts, v_idempotency_key, v_key_hash, v_parent_task_id, v_max_duration
+    using p_task_id;
+  if v_state is null then
+    raise exception 'task % not found in queue %', p_task_id, quote_literal(p_queue_name)
+      using errcode = 'QD020';
+  end if;
+  if v_state not in ('failed', 'cancelled') then
+    raise exception 'task % is %: only failed or cancelled tasks can be retried', p_task_id, v_state
+      using errcode = 'QD015';
+  end if;
+  if v_parent_state in ('failed', 'cancelled') then
+    raise exception 'task % in queue % is a child of task %, which is %: it cannot run again',
+      p_task_id, quote_literal(p_queue_name), v_parent_task_id, v_parent_state
+      using errcode = 'QD016',
+            hint = 'Retry the parent first.';
+  end if;
+
+  if v_spawn_new then
+    return query select * from durable.spawn_task(
+      p_queue_name, v_task_name, v_params,
+      v_key_hash is not null and v_idempotency_key is null,
+      v_idempotency_key,
+      jsonb_strip_nulls(jsonb_build_object(
+        'max_attempts', coalesce(v_max_attempts, v_task_max_attempts),
+        'retry_strategy', v_retry_strategy,
+        'headers', v_headers,
+        'parent_task_id', v_parent_task_id,
+        'max_duration', v_max_duration)));
+    return;
+  end if;
+
+  if v_key_hash is not null then
+    execute format('select t.task_id from durable.%I t
+                     where t.task_name = $1 and t.key_hash = $2 and t.key_held', v_t)
+      into v_holder
+      using v_task_name, v_key_hash;
+    if v_holder is not null then
+      perform durable._raise_key_held(p_queue_name, p_task_id, v_holder);
+    end if;
+  end if;
+
+  begin
+    execute format('update durable.%I
+                       set state = ''pending'', attempts = attempts + 1, last_attempt_run = $2,
+                           max_attempts = $3, key_held = key_hash is not null,
+                           result = null, finished_at = null, first_started_at = null
+                     where task_id = $1', v_t)
+      using p_task_id, v_run_id,
+            coalesce(v_max_attempts, greatest(v_task_max_attempts, v_attempts + 1));
+  exception when unique_violation then
+    execute format('select t.task_id from durable.%I t
+                     where t.task_name = $1 and t.key_hash = $2 and t.key_held', v_t)
+      into v_holder
+      using v_task_name, v_key_hash;
+    perform durable._raise_key_held(p_queue_name, p_task_id, v_holder);
+  end;
+  execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
+                  values ($1, $2, $3, ''pending'', $4, $4)', v_r)
+    using v_run_id, p_task_id, v_attempts + 1, v_now;
+  perform pg_notify('durable_' || p_queue_name, '');
+  return query select p_task_id, v_run_id, v_attempts + 1, false, 'pending'::text;
+end;
+$$;
+-- end function: retry_task
 update durable.schema_version set version = 5;
 \endif
 
