@@ -222,3 +222,27 @@ func TestBadInputGoNumbers(t *testing.T) {
 	require.Zero(t, countTasks(t, tx, q))
 	requireSchemaIntact(t, tx)
 }
+
+// TestBadInputNumericLimits: JSON numbers at and past the limits of
+// PostgreSQL's numeric (jsonb's numbers): the client refuses those the server
+// would refuse with 22003, before any round trip (QD006), and sends the rest.
+func TestBadInputNumericLimits(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tx := testdb.Tx(t)
+	c, err := durable.New(tx, nil)
+	require.NoError(t, err)
+	q := newQueue(t, tx)
+	for n, fits := range map[string]bool{
+		"1e131071": true, "1e131072": false, "0.001e131074": true, "0.001e131075": false, "123e131070": false,
+		"1e-16383": true, "1e-16384": false, "1.5e-16382": true, "1.0e-16383": false, "0e-16383": true, "0e-20000": false,
+		"0e1073741822": true, "0e1073741823": false, "1E200000": false, "-1e131071": true, "-0": true,
+	} {
+		_, err := c.Spawn(ctx, q, "n", json.RawMessage(`{"n": `+n+`}`), nil)
+		if fits {
+			require.NoError(t, err, n)
+		} else {
+			requireSentinels(t, err, "QD006", durable.ErrInvalidArgument)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -585,7 +586,81 @@ func encodeJSON(what string, v any) ([]byte, error) {
 	if escape := unstorableEscape(b); escape != "" {
 		return nil, clientError("QD006", "%s contain the escape %s, which PostgreSQL's jsonb cannot store", what, escape)
 	}
+	if n := numberOutOfRange(b); n != "" {
+		if len(n) > 40 {
+			n = n[:40] + "..."
+		}
+		return nil, clientError("QD006", "%s contain the number %s, beyond what PostgreSQL's numeric can hold", what, n)
+	}
 	return b, nil
+}
+
+// The limits of PostgreSQL's numeric, which jsonb stores numbers as.
+const (
+	numericMaxLeadingExponent = 131071    // the first digit is at most the 10^131071s
+	numericMaxScale           = 16383     // at most this many digits after the point
+	numericMaxExponent        = 1<<30 - 2 // |e| in 1eN beyond this is refused as written
+)
+
+// numberOutOfRange returns the first number in valid JSON b that PostgreSQL's
+// numeric cannot hold ("value overflows numeric format"), or "".
+func numberOutOfRange(b []byte) string {
+	inString := false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inString:
+			if c == '\\' {
+				i++
+			} else if c == '"' {
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '-' || c >= '0' && c <= '9':
+			j := i
+			for j < len(b) && strings.IndexByte("+-.0123456789eE", b[j]) >= 0 {
+				j++
+			}
+			if !numericFits(string(b[i:j])) {
+				return string(b[i:j])
+			}
+			i = j - 1
+		}
+	}
+	return ""
+}
+
+// numericFits reports whether JSON number n fits PostgreSQL's numeric.
+func numericFits(n string) bool {
+	n = strings.TrimPrefix(n, "-")
+	mantissa, exp := n, 0
+	if k := strings.IndexAny(n, "eE"); k >= 0 {
+		mantissa = n[:k]
+		digits := strings.TrimLeft(strings.TrimLeft(n[k+1:], "+-"), "0")
+		if len(digits) > 10 {
+			return false
+		}
+		e, _ := strconv.Atoi(digits)
+		if e > numericMaxExponent {
+			return false
+		}
+		if strings.HasPrefix(n[k+1:], "-") {
+			e = -e
+		}
+		exp = e
+	}
+	intPart, frac, _ := strings.Cut(mantissa, ".")
+	if max(0, len(frac)-exp) > numericMaxScale {
+		return false
+	}
+	if t := strings.TrimLeft(intPart, "0"); t != "" {
+		return len(t)-1+exp <= numericMaxLeadingExponent
+	}
+	if k := strings.IndexFunc(frac, func(r rune) bool { return r != '0' }); k >= 0 {
+		return -(k+1)+exp <= numericMaxLeadingExponent
+	}
+	return true // zero
 }
 
 // unstorableEscape returns the first string escape in valid JSON b that
