@@ -49,8 +49,8 @@ var (
 	// ErrTaskNotRetryable (QD015): only failed or cancelled tasks can be
 	// retried.
 	ErrTaskNotRetryable = errors.New("durable: task not retryable")
-	// ErrParentFinished (QD016): a child spawned under a parent that failed
-	// or was cancelled.
+	// ErrParentFinished (QD016): a child spawned (or retried) under a parent
+	// that failed or was cancelled.
 	ErrParentFinished = errors.New("durable: parent task finished")
 	// ErrTaskNotFound (QD020): no task with that id in the queue.
 	ErrTaskNotFound = errors.New("durable: task not found")
