@@ -5,7 +5,7 @@
 GO ?= go
 ARGS ?=
 
-.PHONY: test test-matrix db demo sql/generate sql/verify lint bench
+.PHONY: test test-matrix db demo sql/generate sql/verify lint bench chaos fuzz
 
 ## test: the whole suite against a real PostgreSQL (the README's test command)
 test:
@@ -41,3 +41,15 @@ lint: sql/verify
 ## (BENCH_SECONDS, BENCH_CYCLES, BENCH_FINISHED, BENCH_JOBS, BENCH_GO_TIME)
 bench:
 	scripts/pg.sh sh -c 'scripts/bench.sh && scripts/bench-go.sh'
+
+## chaos: the fault test at size: spawner and worker processes, SIGKILLed workers, a PostgreSQL crash
+## (its own throwaway server; CHAOS_ARGS overrides the size, see internal/chaos/chaos_test.go)
+CHAOS_ARGS ?= -chaos.events=5000 -chaos.spawners=4 -chaos.workers=4 -chaos.kills=20 -chaos.pace=5ms
+chaos:
+	$(GO) test -count=1 -timeout 30m -run '^TestChaos$$' -v ./internal/chaos $(CHAOS_ARGS)
+
+## fuzz: each fuzz target for FUZZTIME (default 60s); new failing inputs land in testdata/fuzz
+FUZZTIME ?= 60s
+FUZZ_TARGETS = FuzzSpawnParams FuzzSpawnNames FuzzSpawnOptions FuzzEmitEvent FuzzClaimArgs
+fuzz:
+	scripts/pg.sh sh -c 'for f in $(FUZZ_TARGETS); do $(GO) test -run="^$$" -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) . || exit 1; done'

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -569,6 +570,10 @@ func (c *Client) ClaimTasks(ctx context.Context, queue, workerID string, claimTi
 	if err := checkText("QD006", "worker id", workerID); err != nil {
 		return nil, err
 	}
+	if qty < math.MinInt32 || qty > math.MaxInt32 {
+		// The schema checks the range (1 to 10000); this cannot even be sent.
+		return nil, clientError("QD006", "claim qty must be from 1 to 10000, got %d", qty)
+	}
 	rows, err := c.db.Query(ctx,
 		`select run_id, task_id, attempt, task_name, params, headers, max_attempts, claim_expires_at
 		   from durable.claim_task($1, $2, $3, $4)`,
@@ -716,26 +721,140 @@ func encodeJSON(what string, v any) ([]byte, error) {
 	if !json.Valid(b) {
 		return nil, clientError("QD006", "%s are not valid JSON", what)
 	}
-	if hasNULEscape(b) {
-		return nil, clientError("QD006", "%s contain the escape \\u0000, which PostgreSQL's jsonb cannot store", what)
+	if !utf8.Valid(b) {
+		return nil, clientError("QD006", "%s are not valid UTF-8", what)
+	}
+	if escape := unstorableEscape(b); escape != "" {
+		return nil, clientError("QD006", "%s contain the escape %s, which PostgreSQL's jsonb cannot store", what, escape)
+	}
+	if n := numberOutOfRange(b); n != "" {
+		if len(n) > 40 {
+			n = n[:40] + "..."
+		}
+		return nil, clientError("QD006", "%s contain the number %s, beyond what PostgreSQL's numeric can hold", what, n)
 	}
 	return b, nil
 }
 
-// hasNULEscape reports whether valid JSON b contains the string escape
-// \u0000. Backslashes occur only inside strings, each starting an escape, so
-// skipping the character after each one finds exactly the real escapes.
-func hasNULEscape(b []byte) bool {
+// The limits of PostgreSQL's numeric, which jsonb stores numbers as.
+const (
+	numericMaxLeadingExponent = 131071    // the first digit is at most the 10^131071s
+	numericMaxScale           = 16383     // at most this many digits after the point
+	numericMaxExponent        = 1<<30 - 2 // |e| in 1eN beyond this is refused as written
+)
+
+// numberOutOfRange returns the first number in valid JSON b that PostgreSQL's
+// numeric cannot hold ("value overflows numeric format"), or "".
+func numberOutOfRange(b []byte) string {
+	inString := false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inString:
+			if c == '\\' {
+				i++
+			} else if c == '"' {
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '-' || c >= '0' && c <= '9':
+			j := i
+			for j < len(b) && strings.IndexByte("+-.0123456789eE", b[j]) >= 0 {
+				j++
+			}
+			if !numericFits(string(b[i:j])) {
+				return string(b[i:j])
+			}
+			i = j - 1
+		}
+	}
+	return ""
+}
+
+// numericFits reports whether JSON number n fits PostgreSQL's numeric.
+func numericFits(n string) bool {
+	n = strings.TrimPrefix(n, "-")
+	mantissa, exp := n, 0
+	if k := strings.IndexAny(n, "eE"); k >= 0 {
+		mantissa = n[:k]
+		digits := strings.TrimLeft(strings.TrimLeft(n[k+1:], "+-"), "0")
+		if len(digits) > 10 {
+			return false
+		}
+		e, _ := strconv.Atoi(digits)
+		if e > numericMaxExponent {
+			return false
+		}
+		if strings.HasPrefix(n[k+1:], "-") {
+			e = -e
+		}
+		exp = e
+	}
+	intPart, frac, _ := strings.Cut(mantissa, ".")
+	if max(0, len(frac)-exp) > numericMaxScale {
+		return false
+	}
+	if t := strings.TrimLeft(intPart, "0"); t != "" {
+		return len(t)-1+exp <= numericMaxLeadingExponent
+	}
+	if k := strings.IndexFunc(frac, func(r rune) bool { return r != '0' }); k >= 0 {
+		return -(k+1)+exp <= numericMaxLeadingExponent
+	}
+	return true // zero
+}
+
+// unstorableEscape returns the first string escape in valid JSON b that
+// PostgreSQL's jsonb refuses, or "": \u0000, and a \uD800-\uDFFF surrogate
+// that is not the first half of a pair followed by its second half.
+// Backslashes occur only inside strings, each starting an escape, so skipping
+// the character after each one finds exactly the real escapes.
+func unstorableEscape(b []byte) string {
+	hex := func(i int) (rune, bool) {
+		if i+5 >= len(b) || b[i+1] != 'u' {
+			return 0, false
+		}
+		var r rune
+		for _, c := range b[i+2 : i+6] {
+			switch {
+			case c >= '0' && c <= '9':
+				r = r<<4 | rune(c-'0')
+			case c >= 'a' && c <= 'f':
+				r = r<<4 | rune(c-'a'+10)
+			case c >= 'A' && c <= 'F':
+				r = r<<4 | rune(c-'A'+10)
+			default:
+				return 0, false
+			}
+		}
+		return r, true
+	}
 	for i := 0; i < len(b); i++ {
 		if b[i] != '\\' {
 			continue
 		}
-		if i+5 < len(b) && b[i+1] == 'u' && string(b[i+2:i+6]) == "0000" {
-			return true
+		r, ok := hex(i)
+		if !ok {
+			i++ // a one-character escape
+			continue
 		}
-		i++
+		switch {
+		case r == 0:
+			return `\u0000`
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return string(b[i : i+6])
+		case r >= 0xD800 && r <= 0xDBFF:
+			if i+6 < len(b) && b[i+6] == '\\' {
+				if low, ok := hex(i + 6); ok && low >= 0xDC00 && low <= 0xDFFF {
+					i += 11 // the pair
+					continue
+				}
+			}
+			return string(b[i : i+6])
+		}
+		i += 5
 	}
-	return false
+	return ""
 }
 
 // seconds rounds d up to whole seconds for the integer-second arguments.

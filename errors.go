@@ -1,8 +1,11 @@
 package durable
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -46,8 +49,8 @@ var (
 	// ErrTaskNotRetryable (QD015): only failed or cancelled tasks can be
 	// retried.
 	ErrTaskNotRetryable = errors.New("durable: task not retryable")
-	// ErrParentFinished (QD016): a child spawned under a parent that failed
-	// or was cancelled.
+	// ErrParentFinished (QD016): a child spawned (or retried) under a parent
+	// that failed or was cancelled.
 	ErrParentFinished = errors.New("durable: parent task finished")
 	// ErrTaskNotFound (QD020): no task with that id in the queue.
 	ErrTaskNotFound = errors.New("durable: task not found")
@@ -143,4 +146,53 @@ func mapError(err error) error {
 // clientError builds an *Error for input refused before any round trip.
 func clientError(code, format string, args ...any) error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...), sentinels: sqlStates[code]}
+}
+
+// retryableStates are the SQLSTATEs after which the same call (or the whole
+// transaction) may simply be made again.
+var retryableStates = map[string]bool{
+	"40001": true, // serialization_failure (also: a key changed hands too often)
+	"40P01": true, // deadlock_detected
+	"55P03": true, // lock_not_available (lock_timeout)
+	"53300": true, // too_many_connections
+	"57P01": true, // admin_shutdown: the backend was terminated or the server is stopping
+	"57P02": true, // crash_shutdown: another backend crashed
+	"57P03": true, // cannot_connect_now: the server is starting up
+	"25P03": true, // idle_in_transaction_session_timeout: the connection was closed
+}
+
+// IsRetryable reports whether err is a transient failure after which the
+// same call may be made again (for a call inside the caller's transaction:
+// the whole transaction): the connection was lost or could not be made (the
+// server restarted, the backend was terminated, the network failed), or the
+// server gave up on work it may redo (SQLSTATE class 08, 40001, 40P01, 55P03,
+// 53300, 57P01-57P03, 25P03).
+//
+// A call whose connection was lost may or may not have taken effect. Retrying
+// is safe where the schema makes it so: a spawn retried with the same
+// idempotency key (or OnlyOnce) returns the task the first call created, with
+// Created false, instead of creating another; a retried CompleteRun or FailRun
+// of a run the lost call did end returns an error matching ErrRunNotRunning;
+// claims that were lost with their reply are recovered when their lease
+// expires. A spawn without a key has no such protection: its retry after a
+// lost commit acknowledgement may create a second task.
+//
+// Errors raised by the durable schema (*Error) and the end of the caller's
+// own context are not retryable.
+func IsRetryable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var de *Error
+	if errors.As(err, &de) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return retryableStates[pgErr.Code] || len(pgErr.Code) == 5 && pgErr.Code[:2] == "08"
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return pgconn.SafeToRetry(err) || errors.As(err, &connectErr) || errors.As(err, &netErr) ||
+		errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }

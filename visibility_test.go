@@ -56,9 +56,9 @@ func fillVisibilityQueue(t *testing.T, db dbtx) visibilityQueue {
 	return v
 }
 
-// inSavepoint runs f with a client on a savepoint of tx that is rolled back
+// inRolledBackSavepoint runs f with a client on a savepoint of tx that is rolled back
 // afterwards, so that an error does not abort tx.
-func inSavepoint(t *testing.T, tx pgx.Tx, f func(c *durable.Client)) {
+func inRolledBackSavepoint(t *testing.T, tx pgx.Tx, f func(c *durable.Client)) {
 	t.Helper()
 	sp, err := tx.Begin(context.Background())
 	require.NoError(t, err)
@@ -103,11 +103,11 @@ func TestQueueStats(t *testing.T) {
 	require.Zero(t, s.Pending+s.Running+s.Sleeping+s.Finished+s.ReadyNow+s.KeysHeld)
 	require.Zero(t, s.OldestReadyAge)
 
-	inSavepoint(t, tx, func(c *durable.Client) {
+	inRolledBackSavepoint(t, tx, func(c *durable.Client) {
 		_, err = c.QueueStats(ctx, "no_such_queue")
 		require.ErrorIs(t, err, durable.ErrQueueNotFound)
 	})
-	inSavepoint(t, tx, func(c *durable.Client) {
+	inRolledBackSavepoint(t, tx, func(c *durable.Client) {
 		_, err = c.QueueStats(ctx, "bad name")
 		require.ErrorIs(t, err, durable.ErrInvalidQueueName)
 	})
@@ -171,12 +171,12 @@ func TestListTasks(t *testing.T) {
 		{&durable.ListTasksOptions{Limit: 1001}, durable.ErrInvalidArgument},
 		{&durable.ListTasksOptions{Limit: -1}, durable.ErrInvalidArgument},
 	} {
-		inSavepoint(t, tx, func(c *durable.Client) {
+		inRolledBackSavepoint(t, tx, func(c *durable.Client) {
 			_, err := c.ListTasks(ctx, v.q, tc.opts)
 			require.ErrorIs(t, err, tc.err, "%+v", tc.opts)
 		})
 	}
-	inSavepoint(t, tx, func(c *durable.Client) {
+	inRolledBackSavepoint(t, tx, func(c *durable.Client) {
 		_, err = c.ListTasks(ctx, "no_such_queue", nil)
 		require.ErrorIs(t, err, durable.ErrQueueNotFound)
 	})
@@ -231,11 +231,11 @@ func TestGetTask(t *testing.T) {
 	require.JSONEq(t, `{"ok": true}`, string(d.Result))
 	require.NotNil(t, d.FinishedAt)
 
-	inSavepoint(t, tx, func(c *durable.Client) {
+	inRolledBackSavepoint(t, tx, func(c *durable.Client) {
 		_, err = c.GetTask(ctx, v.q, durable.UUID{1})
 		require.ErrorIs(t, err, durable.ErrTaskNotFound)
 	})
-	inSavepoint(t, tx, func(c *durable.Client) {
+	inRolledBackSavepoint(t, tx, func(c *durable.Client) {
 		_, err = c.GetTask(ctx, "no_such_queue", v.done.TaskID)
 		require.ErrorIs(t, err, durable.ErrQueueNotFound)
 	})

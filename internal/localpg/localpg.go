@@ -34,17 +34,23 @@ type Options struct {
 	// NoInstall forbids installing PostgreSQL with apt-get when it is missing.
 	// Defaults to false: as root, Debian's postgresql-15 is installed.
 	NoInstall bool
+	// CrashSafe keeps synchronous_commit on, so that a crash of the server
+	// (Restart, an immediate shutdown) loses no commit it acknowledged; the
+	// operating system is assumed to survive, so fsync stays off. Defaults to
+	// false: commits are acknowledged before their WAL is written.
+	CrashSafe bool
 }
 
 // Server is a running throwaway PostgreSQL server.
 type Server struct {
-	dir   string
-	bin   string
-	port  int
-	asPG  []string
-	stop  sync.Once
-	errMu sync.Mutex
-	err   error
+	dir      string
+	bin      string
+	port     int
+	settings string // the server's -o options
+	asPG     []string
+	stop     sync.Once
+	errMu    sync.Mutex
+	err      error
 }
 
 // Start creates a cluster in a new temporary directory and starts it on a
@@ -110,13 +116,18 @@ func Start(ctx context.Context, opts *Options) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("localpg: find a free port: %w", err)
 		}
+		syncCommit := "off"
+		if o.CrashSafe {
+			syncCommit = "on"
+		}
 		settings := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=%d"+
-			" -c shared_buffers=128MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-			port, dir, o.MaxConnections)
+			" -c shared_buffers=128MB -c fsync=off -c synchronous_commit=%s -c full_page_writes=off",
+			port, dir, o.MaxConnections, syncCommit)
 		logf("localpg: starting PostgreSQL (%s) on 127.0.0.1:%d in %s", bin, port, dir)
 		_, startErr = s.run(ctx, "pg_ctl", "-D", data, "-l", filepath.Join(dir, "server.log"), "-w", "-t", "60", "-o", settings, "start")
 		if startErr == nil {
 			s.port = port
+			s.settings = settings
 			ok = true
 			return s, nil
 		}
@@ -131,6 +142,26 @@ func Start(ctx context.Context, opts *Options) (*Server, error) {
 // URL returns the connection string of the server's postgres database.
 func (s *Server) URL() string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)
+}
+
+// LogFile returns the path of the server's log.
+func (s *Server) LogFile() string {
+	return filepath.Join(s.dir, "server.log")
+}
+
+// Restart stops the server with an immediate shutdown (a crash: every
+// connection is cut, no checkpoint is written) and starts it again on the same
+// port, waiting until it accepts connections after crash recovery.
+func (s *Server) Restart(ctx context.Context) error {
+	data := filepath.Join(s.dir, "data")
+	if out, err := s.run(ctx, "pg_ctl", "-D", data, "-m", "immediate", "-w", "-t", "60", "stop"); err != nil {
+		return fmt.Errorf("localpg: pg_ctl stop: %w\n%s", err, out)
+	}
+	if out, err := s.run(ctx, "pg_ctl", "-D", data, "-l", filepath.Join(s.dir, "server.log"), "-w", "-t", "60", "-o", s.settings, "start"); err != nil {
+		serverLog, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+		return fmt.Errorf("localpg: pg_ctl start: %w\n%s\n%s", err, out, serverLog)
+	}
+	return nil
 }
 
 // Stop shuts the server down at once (no checkpoint: its files are about to

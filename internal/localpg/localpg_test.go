@@ -53,3 +53,32 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// TestRestartKeepsAcknowledgedCommits: a crash-safe server restarted with an
+// immediate shutdown cuts every connection and keeps every commit it
+// acknowledged, on the same URL.
+func TestRestartKeepsAcknowledgedCommits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	srv, err := localpg.Start(ctx, &localpg.Options{CrashSafe: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Stop() })
+
+	conn, err := pgx.Connect(ctx, srv.URL())
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "create table acked (n int); insert into acked select generate_series(1, 1000)")
+	require.NoError(t, err)
+
+	require.NoError(t, srv.Restart(ctx))
+	require.Error(t, conn.Ping(ctx), "the restart cut the old connection")
+
+	conn, err = pgx.Connect(ctx, srv.URL())
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var n int
+	require.NoError(t, conn.QueryRow(ctx, "select count(*) from acked").Scan(&n))
+	require.Equal(t, 1000, n)
+	var setting string
+	require.NoError(t, conn.QueryRow(ctx, "show synchronous_commit").Scan(&setting))
+	require.Equal(t, "on", setting)
+}

@@ -1,9 +1,11 @@
 -- durable.drop_queue(queue): drops the queue's tables with every task, run,
 -- checkpoint, event and wait in them, and unregisters it.
 --
--- Locks the queue's row in durable.queues, then the tables (access exclusive, so
--- it waits for calls in flight on the queue). Raises QD001 (invalid_queue_name)
--- and QD002 (queue_not_found).
+-- Takes the queue's transaction advisory lock exclusively (every other call
+-- on the queue holds it shared, see _require_queue: the drop waits for calls
+-- in flight, and calls that come meanwhile wait for the drop, then find no
+-- queue), then the queue's row in durable.queues, then the tables (access
+-- exclusive). Raises QD001 (invalid_queue_name) and QD002 (queue_not_found).
 create or replace function durable.drop_queue(p_queue_name text)
 returns void
 language plpgsql
@@ -12,6 +14,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform durable._validate_queue_name(p_queue_name);
+  perform pg_advisory_xact_lock(hashtextextended('durable-queue:' || p_queue_name, 0));
   perform 1 from durable.queues q where q.queue_name = p_queue_name for update;
   if not found then
     raise exception 'queue % does not exist', quote_literal(p_queue_name)

@@ -21,11 +21,17 @@
 -- The new run is claimable at once: an in-place retry notifies durable_<queue>
 -- (delivered at commit) when a worker waits for work (see _notify_ready).
 --
--- Locks the task row, then, to release an expired holder of its key, that
--- holder's row (two tasks never both hold one key, so two retries never lock
--- each other's rows in opposite orders). Raises QD001, QD002, QD005 (invalid options), QD014
--- (key_held), QD015 (task_not_retryable: the task is not failed or cancelled)
--- and QD020 (task_not_found).
+-- A child whose parent failed or was cancelled is not retried (QD016), as
+-- spawn_task refuses such a child: it would be live under a finished parent.
+--
+-- Locks the task's parent, if any, in share mode (as spawn_task does: an end
+-- of the parent waits for the retry and then cascades to the child), then the
+-- task row: parents before children, the order of the cancellation cascade;
+-- then, to release an expired holder of its key, that holder's row (two tasks
+-- never both hold one key, so two retries never lock each other's rows in
+-- opposite orders). Raises QD001, QD002, QD005 (invalid options), QD014
+-- (key_held), QD015 (task_not_retryable: the task is not failed or cancelled),
+-- QD016 (parent_finished) and QD020 (task_not_found).
 create or replace function durable.retry_task(
   p_queue_name text,
   p_task_id uuid,
@@ -51,6 +57,7 @@ declare
   v_idempotency_key text;
   v_key_hash bytea;
   v_parent_task_id uuid;
+  v_parent_state text;
   v_max_duration integer;
   v_key_retention double precision;
   v_key text;
@@ -86,6 +93,17 @@ begin
     end case;
   end loop;
 
+  -- A task's parent never changes: read it without a lock, lock the parent,
+  -- then the task.
+  execute format('select t.parent_task_id from durable.%I t where t.task_id = $1', v_t)
+    into v_parent_task_id
+    using p_task_id;
+  if v_parent_task_id is not null then
+    execute format('select t.state from durable.%I t where t.task_id = $1 for share', v_t)
+      into v_parent_state
+      using v_parent_task_id;
+  end if;
+
   execute format('select t.task_name, t.params, t.headers, t.retry_strategy, t.max_attempts, t.state,
                          t.attempts, t.idempotency_key, t.key_hash, t.parent_task_id, t.max_duration,
                          t.key_retention
@@ -101,6 +119,12 @@ begin
   if v_state not in ('failed', 'cancelled') then
     raise exception 'task % is %: only failed or cancelled tasks can be retried', p_task_id, v_state
       using errcode = 'QD015';
+  end if;
+  if v_parent_state in ('failed', 'cancelled') then
+    raise exception 'task % in queue % is a child of task %, which is %: it cannot run again',
+      p_task_id, quote_literal(p_queue_name), v_parent_task_id, v_parent_state
+      using errcode = 'QD016',
+            hint = 'Retry the parent first.';
   end if;
 
   if v_spawn_new then

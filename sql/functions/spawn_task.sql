@@ -51,8 +51,10 @@
 -- Options (see _spawn_options) may make the task a child of another task of
 -- the queue (parent_task_id) and give it a cancellation deadline (max_delay,
 -- max_duration, enforced by claim_task through an index, never by a scan).
--- The parent's state is read without a lock: a spawn racing the parent's
--- cancellation can create a child that the cascade does not see.
+-- The parent's row is share-locked until the spawn commits: a cancellation
+-- or failure of the parent (which updates that row before it cascades to the
+-- children) either waits for the spawn and then sees the child, or ends
+-- first and the spawn, having waited for it, refuses the child (QD016).
 --
 -- A created task available at once notifies durable_<queue> (pg_notify,
 -- delivered when the spawn commits) when a worker waits for work (see
@@ -112,7 +114,7 @@ begin
   end if;
   if v_opts.o_parent_task_id is not null then
     -- execute does not set found: read the answer into a variable.
-    execute format('select state from durable.%I where task_id = $1', v_t)
+    execute format('select state from durable.%I where task_id = $1 for share', v_t)
       into v_parent_state
       using v_opts.o_parent_task_id;
     if v_parent_state is null then

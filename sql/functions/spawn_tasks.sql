@@ -42,8 +42,8 @@
 -- the snapshot cannot see raises 40001. The order holds within one statement:
 -- keys that the caller's transaction took in an earlier call (or an earlier
 -- try took, when a holder ended in between) can still close a cycle with
--- another transaction (40P01). Parents are read without a lock, as in
--- spawn_task.
+-- another transaction (40P01). Parents are share-locked, in task_id order,
+-- before any key, as in spawn_task.
 --
 -- When it created a task available at once, it notifies durable_<queue>
 -- (delivered at commit, when a worker waits: see _notify_ready), once per
@@ -227,8 +227,15 @@ begin
       using errcode = 'XX000';
   end if;
 
-  -- Parents: the first element whose parent is missing or finished.
+  -- Parents: share-locked until the batch commits (see spawn_task), in
+  -- task_id order so that two batches never deadlock; then the first element
+  -- whose parent is missing or finished.
   if cardinality(array_remove(v_o_parent, null)) > 0 then
+    execute format('select count(*) from (select 1 from durable.%I where task_id = any($1)
+                     order by task_id for share) l', v_t)
+      into v_pos
+      using v_o_parent;
+    v_pos := null;
     execute format($sql$
       select u.ord, u.parent_task_id, t.state
         from unnest($1::integer[], $2::uuid[]) u(ord, parent_task_id)
