@@ -36,12 +36,12 @@ func fillVisibilityQueue(t *testing.T, db dbtx) visibilityQueue {
 	setNow(t, db, t0)
 	v := visibilityQueue{q: newQueue(t, db)}
 	at := func(d time.Duration) string { return availableAtOption(t0.Add(d).Format(time.RFC3339Nano)) }
-	// The ones that end up running or finished are spawned first, so that
-	// claims take them in order.
-	v.running = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), key: str("run"), options: at(-time.Hour)})
+	// The ones that end up running or finished are available first, an hour
+	// apart, so that claims take them in this order.
+	v.running = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), key: str("run"), options: at(-4 * time.Hour)})
 	v.retrying = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`),
-		options: `{"available_at": "` + t0.Add(-time.Hour).Format(time.RFC3339Nano) + `", "retry_strategy": {"kind": "fixed", "base_seconds": 3600}}`})
-	v.done = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), options: at(-time.Hour)})
+		options: `{"available_at": "` + t0.Add(-3*time.Hour).Format(time.RFC3339Nano) + `", "retry_strategy": {"kind": "fixed", "base_seconds": 3600}}`})
+	v.done = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), options: at(-2 * time.Hour)})
 	v.broken = spawn(t, db, spawnCall{queue: v.q, task: "work", params: str(`{}`), options: at(-time.Hour)})
 	runs := claim(t, db, v.q, "w", 30, 4)
 	require.Len(t, runs, 4)

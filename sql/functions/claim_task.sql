@@ -15,7 +15,11 @@
 -- The three statements are prepared once per session (see _prepared) and run
 -- with generic plans, so a claim is not planned on every call; their updates
 -- find rows by primary key (= any (array(...))), a shape whose generic plan
--- cannot turn into a scan of the table.
+-- cannot turn into a scan of the table. Bitmap scans are off while the plans
+-- are made: a generic plan made before the queue's first ANALYZE (a burst
+-- spawned into a new queue) would otherwise fetch and sort every ready run on
+-- each claim instead of reading the ready index in order and stopping at the
+-- limit.
 --
 -- Locks: each run and its task with `for no key update skip locked`, so claimers
 -- never wait for each other or for a run being completed or cancelled; the
@@ -41,6 +45,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
+set enable_bitmapscan = off
 as $$
 declare
   v_now timestamptz := durable.current_time();
