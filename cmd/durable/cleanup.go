@@ -2,13 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"text/tabwriter"
+	"strconv"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/durable-go/durable"
 )
@@ -36,23 +33,20 @@ batch came back full. Schedule it (cron), or use pg_cron with
 durable.cleanup_all() instead.`,
 		"  durable cleanup                                        # every queue's policy, one batch\n"+
 			"  durable cleanup --queue emails --task-ttl 168h --event-ttl 24h --until-done --json")
-	databaseURL := fs.String("database-url", e.getenv("DATABASE_URL"), "database to clean (defaults to $DATABASE_URL)")
+	db := addDBFlags(e, fs)
 	queue := fs.String("queue", "", "clean only this queue, with --task-ttl/--event-ttl (default: every queue's policy)")
 	taskTTL := fs.Duration("task-ttl", 0, "with --queue: delete tasks that finished longer ago than this, e.g. 168h")
 	eventTTL := fs.Duration("event-ttl", 0, "with --queue: delete events emitted longer ago than this, e.g. 24h")
 	limit := fs.Int("limit", durable.DefaultCleanupLimit, "most tasks and events deleted per queue and kind in one batch (1 to 10000)")
 	untilDone := fs.Bool("until-done", false, "repeat batches until one comes back below --limit")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
 	if code, ok := parse(e, fs, args); !ok {
 		return code
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch {
-	case *databaseURL == "":
-		return usageError(e, fs, "no database: pass --database-url or set DATABASE_URL")
-	case *limit < 1 || *limit > 10000:
-		return usageError(e, fs, "--limit must be from 1 to 10000, got %d", *limit)
+	case *limit < 1: // zero would mean the default to the client; the schema checks the rest
+		return usageError(e, fs, "--limit must be at least 1, got %d", *limit)
 	case *taskTTL < 0 || *eventTTL < 0:
 		return usageError(e, fs, "a ttl must not be negative")
 	case *queue == "" && (set["task-ttl"] || set["event-ttl"]):
@@ -61,17 +55,11 @@ durable.cleanup_all() instead.`,
 		return usageError(e, fs, "--queue needs --task-ttl, --event-ttl or both")
 	}
 
-	conn, err := pgx.Connect(ctx, *databaseURL)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "durable cleanup: connect: %v\n", err)
-		return exitError
+	client, conn, code, ok := db.connect(ctx, e, fs)
+	if !ok {
+		return code
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	client, err := durable.New(conn, nil)
-	if err != nil {
-		fmt.Fprintf(e.stderr, "durable cleanup: %v\n", err)
-		return exitError
-	}
 
 	// totals sums the rounds per queue; batch runs one round and reports
 	// whether any batch came back full.
@@ -102,16 +90,15 @@ durable.cleanup_all() instead.`,
 			return full, nil
 		}
 		r := cleanupRow{Queue: *queue}
+		var err error
 		if set["task-ttl"] {
-			s := int((*taskTTL + time.Second - 1) / time.Second)
-			r.TaskTTLSeconds = &s
+			r.TaskTTLSeconds = ceilSeconds(*taskTTL)
 			if r.TasksDeleted, err = client.CleanupTasks(ctx, *queue, *taskTTL, *limit); err != nil {
 				return false, err
 			}
 		}
 		if set["event-ttl"] {
-			s := int((*eventTTL + time.Second - 1) / time.Second)
-			r.EventTTLSeconds = &s
+			r.EventTTLSeconds = ceilSeconds(*eventTTL)
 			if r.EventsDeleted, err = client.CleanupEvents(ctx, *queue, *eventTTL, *limit); err != nil {
 				return false, err
 			}
@@ -122,8 +109,7 @@ durable.cleanup_all() instead.`,
 	for {
 		full, err := batch()
 		if err != nil {
-			fmt.Fprintf(e.stderr, "durable cleanup: %v\n", err)
-			return exitError
+			return failed(e, fs, err)
 		}
 		if !full || !*untilDone {
 			break
@@ -137,27 +123,27 @@ durable.cleanup_all() instead.`,
 		tasks += totals[q].TasksDeleted
 		events += totals[q].EventsDeleted
 	}
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(map[string]any{"queues": rows, "tasks_deleted": tasks, "events_deleted": events}); err != nil {
-			fmt.Fprintf(e.stderr, "durable cleanup: %v\n", err)
-			return exitError
-		}
-		return exitOK
+	if *db.json {
+		return printJSON(e.stdout, map[string]any{"queues": rows, "tasks_deleted": tasks, "events_deleted": events})
 	}
 	if len(rows) == 0 {
 		fmt.Fprintln(e.stdout, "no queue has a retention policy: nothing to clean (see durable.set_queue_retention)")
 		return exitOK
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "queue\ttask ttl\tevent ttl\ttasks deleted\tevents deleted\t")
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t\n", r.Queue, ttlText(r.TaskTTLSeconds), ttlText(r.EventTTLSeconds), r.TasksDeleted, r.EventsDeleted)
+	table := make([][]string, len(rows))
+	for i, r := range rows {
+		table[i] = []string{r.Queue, ttlText(r.TaskTTLSeconds), ttlText(r.EventTTLSeconds),
+			strconv.Itoa(r.TasksDeleted), strconv.Itoa(r.EventsDeleted)}
 	}
-	_ = tw.Flush()
+	printTable(e.stdout, []string{"queue", "task ttl", "event ttl", "tasks deleted", "events deleted"}, table)
 	fmt.Fprintf(e.stdout, "deleted %d tasks and %d events\n", tasks, events)
 	return exitOK
+}
+
+// ceilSeconds is d in whole seconds, rounded up, as the client sends it.
+func ceilSeconds(d time.Duration) *int {
+	s := int((d + time.Second - 1) / time.Second)
+	return &s
 }
 
 // ttlSeconds is a policy's ttl in seconds, nil for none (zero).
@@ -165,8 +151,7 @@ func ttlSeconds(d time.Duration) *int {
 	if d == 0 {
 		return nil
 	}
-	s := int((d + time.Second - 1) / time.Second)
-	return &s
+	return ceilSeconds(d)
 }
 
 func ttlText(s *int) string {
