@@ -37,18 +37,18 @@ reset_queue() {
 prefill() {
   sql -c "
     with t as (
-      insert into durable.t_bench (task_id, task_name, params, retry_strategy, max_attempts, state,
-                                   attempts, last_attempt_run, enqueued_at, finished_at)
-      select gen_random_uuid(), 'noop', '{}', '{\"kind\": \"none\"}', 5, '$2', 1, gen_random_uuid(),
+      insert into durable.tasks (queue_name, task_id, task_name, params, retry_strategy, max_attempts, state,
+                                 attempts, last_attempt_run, enqueued_at, finished_at)
+      select 'bench', gen_random_uuid(), 'noop', '{}', '{\"kind\": \"none\"}', 5, '$2', 1, gen_random_uuid(),
              now() - interval '1 hour', case when '$2' = 'completed' then now() end
         from generate_series(1, $1)
       returning task_id, last_attempt_run, state, enqueued_at)
-    insert into durable.r_bench (run_id, task_id, attempt, state, available_at, created_at, finished_at)
-    select last_attempt_run, task_id, 1, state, enqueued_at, enqueued_at,
+    insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at, finished_at)
+    select 'bench', last_attempt_run, task_id, 1, state, enqueued_at, enqueued_at,
            case when state = 'completed' then now() end
       from t" >/dev/null
 }
-settle() { sql -c "vacuum analyze durable.t_bench, durable.r_bench" >/dev/null; }
+settle() { sql -c "vacuum analyze durable.tasks, durable.runs" >/dev/null; }
 # tps SCRIPT CLIENTS ARGS...: pgbench's rate, without connection time, times
 # $per (default 1: transactions per second; the rows of a batch per
 # transaction give rows per second).
@@ -97,7 +97,7 @@ row "spawn, only_once (fresh params)" 1 "$d" "$r"
 reset_queue
 sql -c "select * from durable.spawn_task('bench', 'noop', '{\"n\": 1}', false, 'held')" >/dev/null
 settle
-before=$(sql -Atc "select n_tup_ins + n_tup_upd + n_tup_del from pg_stat_user_tables where relname = 't_bench'")
+before=$(sql -Atc "select n_tup_ins + n_tup_upd + n_tup_del from pg_stat_user_tables where relname = 'tasks'")
 d=$(tps spawn_hit.sql 1 -T "$secs")
 r=$(tps spawn_hit.ref.sql 1 -T "$secs")
 row "spawn, key held (hit)" 1 "$d" "$r"
@@ -106,7 +106,7 @@ d=$(tps spawn_hit.sql 64 -T "$secs")
 r=$(tps spawn_hit.ref.sql 64 -T "$secs")
 row "one-key storm (hits)" 64 "$d" "$r"
 sleep 1
-after=$(sql -Atc "select n_tup_ins + n_tup_upd + n_tup_del from pg_stat_user_tables where relname = 't_bench'")
+after=$(sql -Atc "select n_tup_ins + n_tup_upd + n_tup_del from pg_stat_user_tables where relname = 'tasks'")
 echo "writes to the task table during the hit runs: $((after - before)) (must be 0)" >&2
 
 # claim_complete DEPTH FINISHED CLIENTS LABEL

@@ -1,9 +1,9 @@
 with t as (
-  insert into durable.t_bench (task_id, task_name, params, retry_strategy, max_attempts, state,
+  insert into durable.tasks (queue_name, task_id, task_name, params, retry_strategy, max_attempts, state,
                                attempts, last_attempt_run, enqueued_at)
-  select gen_random_uuid(), 'noop', jsonb_build_object('n', i), '{"kind": "none"}', 5, 'pending', 1,
+  select 'bench', gen_random_uuid(), 'noop', jsonb_build_object('n', i), '{"kind": "none"}', 5, 'pending', 1,
          gen_random_uuid(), now()
     from generate_series(1, 1000) i
   returning task_id, last_attempt_run)
-insert into durable.r_bench (run_id, task_id, attempt, state, available_at, created_at)
-select last_attempt_run, task_id, 1, 'pending', now(), now() from t;
+insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+select 'bench', last_attempt_run, task_id, 1, 'pending', now(), now() from t;

@@ -6,7 +6,7 @@
 -- timeout has passed since the step's first wait, or ('suspended', null) after
 -- suspending the run until it is woken or the timeout passes. The first two are
 -- recorded as the step's checkpoint, so a replay returns the same answer. A
--- step has one wait row (durable.w_<queue>, keyed by task and step): a later
+-- step has one wait row (in durable.waits, keyed by task and step): a later
 -- attempt replaying the step takes it over with its timeout, so retries and
 -- lost leases do not restart the timeout.
 --
@@ -36,7 +36,6 @@ returns table (status text, payload jsonb)
 language plpgsql
 as $$
 declare
-  v_w text := 'w_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_attempt integer;
   v_state jsonb;
@@ -46,9 +45,10 @@ begin
   v_attempt := durable._lock_running_run(p_queue_name, p_task_id, p_run_id, 'await');
 
   -- A replay: the step already resolved.
-  execute format('select state from durable.%I where task_id = $1 and step_name = $2', 'c_' || p_queue_name)
+  select c.state
     into v_state
-    using p_task_id, p_step_name;
+    from durable.checkpoints c
+   where c.task_id = p_task_id and c.step_name = p_step_name and c.queue_name = p_queue_name;
   if v_state is not null then
     return query select v_state ->> 'status', v_state -> 'payload';
     return;
@@ -56,49 +56,52 @@ begin
 
   if p_child_task_id is null then
     perform pg_advisory_xact_lock(hashtextextended('durable:' || p_queue_name || ':' || p_wait_name, 0));
-    execute format('select payload from durable.%I where event_name = $1', 'e_' || p_queue_name)
+    select e.payload
       into v_payload
-      using p_wait_name;
+      from durable.events e
+     where e.queue_name = p_queue_name and e.event_name = p_wait_name;
   else
-    execute format('select case when state in (''completed'', ''failed'', ''cancelled'')
-                      then jsonb_build_object(''task_id'', task_id, ''state'', state,
-                                              ''result'', result, ''failure_reason'', failure_reason) end
-                      from durable.%I where task_id = $1 for share', 't_' || p_queue_name)
+    select case when t.state in ('completed', 'failed', 'cancelled')
+             then jsonb_build_object('task_id', t.task_id, 'state', t.state,
+                                     'result', t.result, 'failure_reason', t.failure_reason) end
       into v_payload
-      using p_child_task_id;
+      from durable.tasks t
+     where t.task_id = p_child_task_id and t.queue_name = p_queue_name
+       for share;
   end if;
 
   if v_payload is not null then
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,
       jsonb_build_object('status', 'received', 'payload', v_payload), p_run_id, v_attempt, v_now);
-    execute format('delete from durable.%I where task_id = $1 and step_name = $2', v_w)
-      using p_task_id, p_step_name;
+    delete from durable.waits w
+     where w.task_id = p_task_id and w.step_name = p_step_name and w.queue_name = p_queue_name;
     return query select 'received'::text, v_payload;
     return;
   end if;
 
-  execute format('select timeout_at from durable.%I where task_id = $1 and step_name = $2', v_w)
+  select w.timeout_at
     into v_timeout_at
-    using p_task_id, p_step_name;
+    from durable.waits w
+   where w.task_id = p_task_id and w.step_name = p_step_name and w.queue_name = p_queue_name;
   if v_timeout_at is not null and v_timeout_at <= v_now then
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,
       jsonb_build_object('status', 'timed_out'), p_run_id, v_attempt, v_now);
-    execute format('delete from durable.%I where task_id = $1 and step_name = $2', v_w)
-      using p_task_id, p_step_name;
+    delete from durable.waits w
+     where w.task_id = p_task_id and w.step_name = p_step_name and w.queue_name = p_queue_name;
     return query select 'timed_out'::text, null::jsonb;
     return;
   end if;
   if v_timeout_at is null then
     v_timeout_at := case when p_timeout_seconds is null then 'infinity'::timestamptz
                          else v_now + make_interval(secs => p_timeout_seconds) end;
-    execute format('insert into durable.%I (task_id, step_name, run_id, event_name, timeout_at, created_at)
-                    values ($1, $2, $3, $4, $5, $6)', v_w)
-      using p_task_id, p_step_name, p_run_id, p_wait_name, v_timeout_at, v_now;
+    insert into durable.waits (queue_name, task_id, step_name, run_id, event_name, timeout_at, created_at)
+    values (p_queue_name, p_task_id, p_step_name, p_run_id, p_wait_name, v_timeout_at, v_now);
   else
     -- An earlier run of the task began this wait: this run takes it over.
-    execute format('update durable.%I set run_id = $3, event_name = $4
-                     where task_id = $1 and step_name = $2 and (run_id, event_name) is distinct from ($3, $4)', v_w)
-      using p_task_id, p_step_name, p_run_id, p_wait_name;
+    update durable.waits w
+       set run_id = p_run_id, event_name = p_wait_name
+     where w.task_id = p_task_id and w.step_name = p_step_name and w.queue_name = p_queue_name
+       and (w.run_id, w.event_name) is distinct from (p_run_id, p_wait_name);
   end if;
   perform durable._suspend_run(p_queue_name, p_task_id, p_run_id, v_timeout_at);
   return query select 'suspended'::text, null::jsonb;

@@ -11,14 +11,18 @@ returns integer
 language plpgsql
 as $$
 declare
+  v_now timestamptz := durable.current_time();
   v_attempt integer;
   v_task_id uuid;
 begin
-  execute format('select attempt, task_id from durable.%I
-                   where run_id = $1 and state = ''running'' and claim_expires_at > $2
-                     for no key update', 'r_' || p_queue_name)
+  -- The state test is a case so that no generic plan can read the lease
+  -- index (every running run) instead of the primary key.
+  select r.attempt, r.task_id
     into v_attempt, v_task_id
-    using p_run_id, durable.current_time();
+    from durable.runs r
+   where r.run_id = p_run_id and r.queue_name = p_queue_name
+     and case when r.state = 'running' then r.claim_expires_at > v_now else false end
+     for no key update;
   if v_attempt is null then
     perform durable._raise_run_not_running(p_queue_name, p_run_id, p_action);
   end if;

@@ -15,10 +15,10 @@ declare
   v_reason jsonb;
   v_task_id uuid;
 begin
-  execute format('select state, claim_expires_at, failure_reason, task_id from durable.%I where run_id = $1',
-                 'r_' || p_queue_name)
+  select r.state, r.claim_expires_at, r.failure_reason, r.task_id
     into v_state, v_expires, v_reason, v_task_id
-    using p_run_id;
+    from durable.runs r
+   where r.run_id = p_run_id and r.queue_name = p_queue_name;
   if v_state is null then
     raise exception 'cannot % run %: no such run in queue %', p_action, p_run_id, quote_literal(p_queue_name)
       using errcode = 'QD010';

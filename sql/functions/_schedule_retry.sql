@@ -20,8 +20,6 @@ returns text
 language plpgsql
 as $$
 declare
-  v_t text := 't_' || p_queue_name;
-  v_r text := 'r_' || p_queue_name;
   v_max_attempts integer;
   v_strategy jsonb;
   v_attempts integer;
@@ -29,19 +27,19 @@ declare
   v_state text;
   v_run_id uuid := gen_random_uuid();
 begin
-  execute format('select max_attempts, retry_strategy, attempts from durable.%I
-                   where task_id = $1 for no key update', v_t)
+  select t.max_attempts, t.retry_strategy, t.attempts
     into v_max_attempts, v_strategy, v_attempts
-    using p_task_id;
+    from durable.tasks t
+   where t.queue_name = p_queue_name and t.task_id = p_task_id
+     for no key update;
 
   if v_attempts >= v_max_attempts
      or (jsonb_typeof(p_reason) = 'object' and p_reason -> 'retryable' = 'false'::jsonb) then
-    execute format('update durable.%I
-                       set state = ''failed'', failure_reason = $2, finished_at = $3,
-                           cancel_deadline = null, key_held = key_held and key_retention is not null,
-                           key_expires_at = durable._key_expires_at(key_held, key_retention, $3)
-                     where task_id = $1', v_t)
-      using p_task_id, p_reason, p_now;
+    update durable.tasks t
+       set state = 'failed', failure_reason = p_reason, finished_at = p_now,
+           cancel_deadline = null, key_held = t.key_held and t.key_retention is not null,
+           key_expires_at = durable._key_expires_at(t.key_held, t.key_retention, p_now)
+     where t.queue_name = p_queue_name and t.task_id = p_task_id;
     perform durable._task_finished(p_queue_name, array[p_task_id], 'failed', p_now);
     return 'failed';
   end if;
@@ -49,13 +47,12 @@ begin
   v_at := coalesce(p_retry_at,
                    p_now + make_interval(secs => durable._retry_delay(v_strategy, v_attempts)));
   v_state := case when v_at > p_now then 'sleeping' else 'pending' end;
-  execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
-                  values ($1, $2, $3, $4, $5, $6)', v_r)
-    using v_run_id, p_task_id, v_attempts + 1, v_state, v_at, p_now;
-  execute format('update durable.%I
-                     set state = $2, attempts = $3, last_attempt_run = $4, failure_reason = $5
-                   where task_id = $1', v_t)
-    using p_task_id, v_state, v_attempts + 1, v_run_id, p_reason;
+  insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+  values (p_queue_name, v_run_id, p_task_id, v_attempts + 1, v_state, v_at, p_now);
+  update durable.tasks t
+     set state = v_state, attempts = v_attempts + 1, last_attempt_run = v_run_id,
+         failure_reason = p_reason
+   where t.queue_name = p_queue_name and t.task_id = p_task_id;
   if v_state = 'pending' then
     perform durable._notify_ready(p_queue_name);
   end if;

@@ -12,11 +12,11 @@ returns void
 language plpgsql
 as $$
 begin
-  execute format('update durable.%I
-                     set state = ''sleeping'', available_at = $2, claim_expires_at = null
-                   where run_id = $1', 'r_' || p_queue_name)
-    using p_run_id, p_wake_at;
-  execute format('update durable.%I set state = ''sleeping'' where task_id = $1', 't_' || p_queue_name)
-    using p_task_id;
+  update durable.runs r
+     set state = 'sleeping', available_at = p_wake_at, claim_expires_at = null
+   where r.run_id = p_run_id and r.queue_name = p_queue_name;
+  update durable.tasks t
+     set state = 'sleeping'
+   where t.task_id = p_task_id and t.queue_name = p_queue_name;
 end;
 $$;

@@ -1,10 +1,11 @@
 -- durable._task_finished(queue, task_ids, state, now): what follows the end of
 -- tasks that ended the same way (state), whatever ended them: runs waiting for
 -- them (await_task_result) wake, their own waits are deleted, and when they
--- failed or were cancelled their unfinished children are cancelled, with a
--- reason naming the parent (recursively, through _cancel_task). One call for a
--- batch (complete_runs) costs one statement per step, as for one task. The
--- caller has locked and updated the tasks. Raises nothing of its own.
+-- failed or were cancelled their unfinished children (in the same queue, as
+-- every child is) are cancelled, with a reason naming the parent
+-- (recursively, through _cancel_task). One call for a batch (complete_runs)
+-- costs one statement per step, as for one task. The caller has locked and
+-- updated the tasks. Raises nothing of its own.
 create or replace function durable._task_finished(
   p_queue_name text,
   p_task_ids uuid[],
@@ -19,14 +20,15 @@ declare
 begin
   perform durable._wake_waiters(p_queue_name,
     array(select '$task:' || t.id::text from unnest(p_task_ids) t(id)), p_now);
-  execute format('execute %I(%L)',
-    durable._prepared(p_queue_name, 'unwait', '(uuid[])', 'delete from durable.%5$I where task_id = any ($1)'),
-    p_task_ids);
+  delete from durable.waits w
+   where w.queue_name = p_queue_name and w.task_id = any (p_task_ids);
   if p_state in ('failed', 'cancelled') then
-    for v_child, v_parent in execute format('select task_id, parent_task_id from durable.%I
-                                    where parent_task_id = any ($1) and state in (''pending'', ''sleeping'', ''running'')
-                                    order by task_id', 't_' || p_queue_name)
-      using p_task_ids
+    for v_child, v_parent in
+      select t.task_id, t.parent_task_id
+        from durable.tasks t
+       where t.parent_task_id = any (p_task_ids) and t.queue_name = p_queue_name
+         and t.state in ('pending', 'sleeping', 'running')
+       order by t.task_id
     loop
       perform durable._cancel_task(p_queue_name, v_child,
         jsonb_build_object('name', 'parent_' || p_state,

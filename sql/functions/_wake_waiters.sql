@@ -8,8 +8,8 @@
 -- (a run still deciding to wait is running, not sleeping, and reads what it
 -- waits for only after this transaction ends: see _await), and a blocking lock
 -- here could close a cycle with a cancellation cascading the other way.
--- Locks the runs, then their tasks. Prepared once per session (_prepared); the
--- caller runs with generic plans. Raises nothing of its own.
+-- Locks the runs, then their tasks. Static SQL; the callers run with generic
+-- plans. Raises nothing of its own.
 create or replace function durable._wake_waiters(p_queue_name text, p_wait_names text[], p_now timestamptz)
 returns void
 language plpgsql
@@ -17,27 +17,31 @@ as $$
 declare
   v_woken bigint;
 begin
-  execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'wake', '(text[], timestamptz)', $sql$
-      with woken as (
-        select r.run_id
-          from durable.%2$I r
-         where r.run_id = any (array(select w.run_id from durable.%5$I w where w.event_name = any ($1)))
-           and r.state = 'sleeping'
-           for no key update skip locked
-      ), runs as (
-        update durable.%2$I r
-           set state = 'pending', available_at = $2
-         where r.run_id = any (array(select run_id from woken))
-        returning r.task_id
-      ), tasks as (
-        update durable.%1$I t
-           set state = 'pending'
-         where t.task_id = any (array(select task_id from runs)) and t.state = 'sleeping'
-      )
-      select count(*) from runs$sql$),
-    p_wait_names, p_now)
-    into v_woken;
+  -- The state test is a case so that no generic plan can read the ready
+  -- index (every pending or sleeping run) instead of the primary key.
+  with locked as (
+    select r.run_id
+      from durable.runs r
+     where r.run_id = any (array(select w.run_id
+                                   from durable.waits w
+                                  where w.queue_name = p_queue_name and w.event_name = any (p_wait_names)))
+       and r.queue_name = p_queue_name
+       and case when r.state = 'sleeping' then true else false end
+       for no key update skip locked
+  ), woken as (
+    update durable.runs r
+       set state = 'pending', available_at = p_now
+     where r.run_id = any (array(select l.run_id from locked l))
+       and r.queue_name = p_queue_name
+    returning r.task_id
+  ), tasks_woken as (
+    update durable.tasks t
+       set state = 'pending'
+     where t.task_id = any (array(select k.task_id from woken k))
+       and t.queue_name = p_queue_name
+       and t.state = 'sleeping'
+  )
+  select count(*) into v_woken from woken;
   if v_woken > 0 then
     perform durable._notify_ready(p_queue_name);
   end if;

@@ -14,13 +14,11 @@ returns void
 language plpgsql
 as $$
 begin
-  execute format($sql$
-    insert into durable.%1$I as c (task_id, step_name, state, run_id, attempt, updated_at)
-    values ($1, $2, $3, $4, $5, $6)
-    on conflict (task_id, step_name) do update
-       set state = excluded.state, run_id = excluded.run_id,
-           attempt = excluded.attempt, updated_at = excluded.updated_at
-     where c.attempt <= excluded.attempt$sql$, 'c_' || p_queue_name)
-    using p_task_id, p_step_name, coalesce(p_state, 'null'::jsonb), p_run_id, p_attempt, p_now;
+  insert into durable.checkpoints as c (queue_name, task_id, step_name, state, run_id, attempt, updated_at)
+  values (p_queue_name, p_task_id, p_step_name, coalesce(p_state, 'null'::jsonb), p_run_id, p_attempt, p_now)
+  on conflict on constraint checkpoints_pkey do update
+     set state = excluded.state, run_id = excluded.run_id,
+         attempt = excluded.attempt, updated_at = excluded.updated_at
+   where c.queue_name = excluded.queue_name and c.attempt <= excluded.attempt;
 end;
 $$;

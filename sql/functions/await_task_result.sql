@@ -22,19 +22,16 @@ set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 as $$
-declare
-  v_exists boolean;
 begin
   perform durable._require_queue(p_queue_name);
   if p_step_name is null or p_step_name = '' or p_timeout_seconds < 0 or p_child_task_id is null then
     raise exception 'await_task_result needs a step name, a task id and a timeout of 0 seconds or more (task %)', p_task_id
       using errcode = 'QD006';
   end if;
-  -- execute does not set found: read the answer into a variable.
-  execute format('select true from durable.%I where task_id = $1', 't_' || p_queue_name)
-    into v_exists
-    using p_child_task_id;
-  if v_exists is null then
+  perform
+    from durable.tasks t
+   where t.task_id = p_child_task_id and t.queue_name = p_queue_name;
+  if not found then
     raise exception 'task % not found in queue %', p_child_task_id, quote_literal(p_queue_name)
       using errcode = 'QD020';
   end if;

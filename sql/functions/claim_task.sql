@@ -12,14 +12,14 @@
 -- deadline with its max_duration one. Every step reads a partial index, so
 -- its cost does not grow with finished history.
 --
--- The three statements are prepared once per session (see _prepared) and run
--- with generic plans, so a claim is not planned on every call; their updates
--- find rows by primary key (= any (array(...))), a shape whose generic plan
--- cannot turn into a scan of the table. Bitmap scans are off while the plans
--- are made: a generic plan made before the queue's first ANALYZE (a burst
--- spawned into a new queue) would otherwise fetch and sort every ready run on
--- each claim instead of reading the ready index in order and stopping at the
--- limit.
+-- The three statements are static, so PL/pgSQL plans them once per session,
+-- with generic plans; their updates find rows by primary key (= any
+-- (array(...))), a shape whose generic plan cannot turn into a scan of the
+-- table. Bitmap scans are off while the plans are made: a generic plan made
+-- before the tables' first ANALYZE (a burst spawned into a new database)
+-- would otherwise fetch and sort every ready run on each claim instead of
+-- reading the ready index (queue_name, available_at) in order and stopping at
+-- the limit.
 --
 -- Locks: each run and its task with `for no key update skip locked`, so claimers
 -- never wait for each other or for a run being completed or cancelled; the
@@ -68,11 +68,12 @@ begin
   end if;
 
   -- Cancel tasks past their deadline.
-  for v_expired_task, v_started in execute format('execute %I(%L)',
-      durable._prepared(p_queue_name, 'deadlines', '(timestamptz)',
-        'select task_id, first_started_at from durable.%1$I
-          where cancel_deadline <= $1 order by cancel_deadline limit 100'),
-      v_now)
+  for v_expired_task, v_started in
+    select t.task_id, t.first_started_at
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.cancel_deadline <= v_now
+     order by t.cancel_deadline
+     limit 100
   loop
     perform durable._cancel_task(p_queue_name, v_expired_task,
       case when v_started is null
@@ -83,65 +84,62 @@ begin
   end loop;
 
   -- Recover runs whose lease expired.
-  for v_expired_task, v_expired_reason in execute format('execute %I(%L)',
-      durable._prepared(p_queue_name, 'expired', '(timestamptz)', $sql$
-        with expired as (
-          select r.run_id
-            from durable.%2$I r
-           where r.state = 'running' and r.claim_expires_at <= $1
-           order by r.claim_expires_at
-           limit 100
-             for no key update skip locked
-        )
-        update durable.%2$I r
-           set state = 'failed',
-               finished_at = $1,
-               failure_reason = jsonb_build_object(
-                 'name', 'claim_timeout',
-                 'message', format('lease of worker %%s expired at %%s', r.claimed_by, r.claim_expires_at),
-                 'worker_id', r.claimed_by,
-                 'claim_expires_at', r.claim_expires_at)
-           where r.run_id = any (array(select run_id from expired))
-        returning r.task_id, r.failure_reason$sql$),
-      v_now)
+  for v_expired_task, v_expired_reason in
+    with expired as (
+      select r.run_id
+        from durable.runs r
+       where r.queue_name = p_queue_name and r.state = 'running' and r.claim_expires_at <= v_now
+       order by r.claim_expires_at
+       limit 100
+         for no key update skip locked
+    )
+    update durable.runs r
+       set state = 'failed',
+           finished_at = v_now,
+           failure_reason = jsonb_build_object(
+             'name', 'claim_timeout',
+             'message', format('lease of worker %s expired at %s', r.claimed_by, r.claim_expires_at),
+             'worker_id', r.claimed_by,
+             'claim_expires_at', r.claim_expires_at)
+     where r.run_id = any (array(select e.run_id from expired e))
+    returning r.task_id, r.failure_reason
   loop
     perform durable._schedule_retry(p_queue_name, v_expired_task, v_expired_reason, null, v_now);
   end loop;
 
-  return query execute format('execute %I(%L, %L, %L, %L)',
-    durable._prepared(p_queue_name, 'claim', '(timestamptz, integer, text, integer)', $sql$
-      with picked as (
-        select r.run_id, r.task_id
-          from durable.%2$I r
-          join durable.%1$I t on t.task_id = r.task_id
-         where r.state in ('pending', 'sleeping') and r.available_at <= $1
-           and (t.cancel_deadline is null or t.cancel_deadline > $1)
-         order by r.available_at
-         limit $2
-           for no key update of r, t skip locked
-      ), runs as (
-        update durable.%2$I r
-           set state = 'running',
-               claimed_by = $3,
-               claim_expires_at = $1 + make_interval(secs => $4),
-               started_at = $1
-         where r.run_id = any (array(select run_id from picked))
-        returning r.run_id, r.task_id, r.attempt, r.claim_expires_at, r.available_at
-      ), tasks as (
-        update durable.%1$I t
-           set state = 'running',
-               first_started_at = coalesce(t.first_started_at, $1),
-               cancel_deadline = case when t.first_started_at is null
-                                      then $1 + make_interval(secs => t.max_duration)
-                                      else t.cancel_deadline end
-         where t.task_id = any (array(select task_id from runs))
-        returning t.task_id, t.task_name, t.params, t.headers, t.max_attempts
-      )
-      select runs.run_id, runs.task_id, runs.attempt, tasks.task_name, tasks.params,
-             tasks.headers, tasks.max_attempts, runs.claim_expires_at
-        from runs
-        join tasks on tasks.task_id = runs.task_id
-       order by runs.available_at$sql$),
-    v_now, p_qty, p_worker_id, p_claim_timeout);
+  return query
+    with picked as (
+      select r.run_id, r.task_id
+        from durable.runs r
+        join durable.tasks t on t.task_id = r.task_id
+       where r.queue_name = p_queue_name
+         and r.state in ('pending', 'sleeping') and r.available_at <= v_now
+         and (t.cancel_deadline is null or t.cancel_deadline > v_now)
+       order by r.available_at
+       limit p_qty
+         for no key update of r, t skip locked
+    ), runs as (
+      update durable.runs r
+         set state = 'running',
+             claimed_by = p_worker_id,
+             claim_expires_at = v_now + make_interval(secs => p_claim_timeout),
+             started_at = v_now
+       where r.run_id = any (array(select p.run_id from picked p))
+      returning r.run_id, r.task_id, r.attempt, r.claim_expires_at, r.available_at
+    ), tasks as (
+      update durable.tasks t
+         set state = 'running',
+             first_started_at = coalesce(t.first_started_at, v_now),
+             cancel_deadline = case when t.first_started_at is null
+                                    then v_now + make_interval(secs => t.max_duration)
+                                    else t.cancel_deadline end
+       where t.task_id = any (array(select u.task_id from runs u))
+      returning t.task_id, t.task_name, t.params, t.headers, t.max_attempts
+    )
+    select u.run_id, u.task_id, u.attempt, k.task_name, k.params,
+           k.headers, k.max_attempts, u.claim_expires_at
+      from runs u
+      join tasks k on k.task_id = u.task_id
+     order by u.available_at;
 end;
 $$;

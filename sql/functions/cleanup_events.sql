@@ -8,8 +8,7 @@
 -- wins again). An event that a wait row still names (a task woken by it that
 -- has not read it yet) is kept.
 --
--- Index-driven: e_<queue>_emitted, oldest first, and w_<queue>_event for the
--- waits. Locks the events it deletes with skip locked, so concurrent cleanups
+-- Index-driven: events_emitted, oldest first, and waits_event for the waits. Locks the events it deletes with skip locked, so concurrent cleanups
 -- never wait for each other. Raises QD001, QD002 (the queue) and QD006
 -- (invalid_argument: ttl_seconds NULL or negative, limit outside 1 to 10000).
 create or replace function durable.cleanup_events(
@@ -23,7 +22,7 @@ set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 as $$
 declare
-  v_e text := 'e_' || p_queue_name;
+  v_cutoff timestamptz;
   v_deleted integer;
 begin
   perform durable._require_queue(p_queue_name);
@@ -40,16 +39,19 @@ begin
             hint = 'Call it again while it returns the limit.';
   end if;
 
-  execute format($sql$
-    delete from durable.%1$I e
-     where e.event_name = any (array(
-             select x.event_name from durable.%1$I x
-              where x.emitted_at < $1
-                and not exists (select from durable.%2$I w where w.event_name = x.event_name)
-              order by x.emitted_at
-              limit $2
-                for update skip locked))$sql$, v_e, 'w_' || p_queue_name)
-    using durable.current_time() - make_interval(secs => p_ttl_seconds), p_limit;
+  v_cutoff := durable.current_time() - make_interval(secs => p_ttl_seconds);
+  delete from durable.events e
+   where e.queue_name = p_queue_name
+     and e.event_name = any (array(
+           select x.event_name
+             from durable.events x
+            where x.queue_name = p_queue_name
+              and x.emitted_at < v_cutoff
+              and not exists (select from durable.waits w
+                               where w.queue_name = x.queue_name and w.event_name = x.event_name)
+            order by x.emitted_at
+            limit p_limit
+              for update skip locked));
   get diagnostics v_deleted = row_count;
   return v_deleted;
 end;

@@ -13,10 +13,11 @@
 -- whose key retention has expired (key_held = false), as a spawn would, so
 -- that they become deletable once older than the ttl.
 --
--- Index-driven: the releases read t_<queue>_key_expiry, the deletions
--- t_<queue>_finished (finished tasks holding no key, oldest first), then the
--- runs, checkpoints and waits by task id. Neither reads a live task, so the
--- cost of a call does not grow with the queue's size.
+-- Index-driven, over the queue's rows in the shared tables: the releases
+-- read tasks_key_expiry, the deletions tasks_finished (finished tasks holding
+-- no key, oldest first), then the runs, checkpoints and waits by task id.
+-- Neither reads a live task, so the cost of a call does not grow with the
+-- queue's size.
 --
 -- Locks: the tasks it releases or deletes, with skip locked, so it never waits
 -- for (and never blocks) a worker, a spawn taking over an expired key or a
@@ -41,7 +42,6 @@ set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 as $$
 declare
-  v_t text := 't_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_ids uuid[];
 begin
@@ -60,36 +60,34 @@ begin
   end if;
 
   -- Expired retained keys: released, as a spawn would release them.
-  execute format($sql$
-    update durable.%1$I t set key_held = false, key_expires_at = null
-     where t.task_id = any (array(
-             select x.task_id from durable.%1$I x
-              where x.key_expires_at <= $1
-              order by x.key_expires_at
-              limit $2
-                for no key update skip locked))
-       and t.key_held and t.key_expires_at <= $1$sql$, v_t)
-    using v_now, p_limit;
+  update durable.tasks t
+     set key_held = false, key_expires_at = null
+   where t.task_id = any (array(
+           select x.task_id from durable.tasks x
+            where x.queue_name = p_queue_name and x.key_expires_at <= v_now
+            order by x.key_expires_at
+            limit p_limit
+              for no key update skip locked))
+     and t.queue_name = p_queue_name and t.key_held and t.key_expires_at <= v_now;
 
   -- The tasks to delete, locked.
-  execute format($sql$
-    select array_agg(x.task_id)
-      from (select t.task_id from durable.%1$I t
-             where t.finished_at < $1 and not t.key_held
-               and not exists (select from durable.%2$I w where w.event_name = '$task:' || t.task_id::text)
-             order by t.finished_at
-             limit $2
-               for update of t skip locked) x$sql$, v_t, 'w_' || p_queue_name)
-    into v_ids
-    using v_now - make_interval(secs => p_ttl_seconds), p_limit;
+  select array_agg(x.task_id) into v_ids
+    from (select t.task_id from durable.tasks t
+           where t.queue_name = p_queue_name
+             and t.finished_at < v_now - make_interval(secs => p_ttl_seconds) and not t.key_held
+             and not exists (select from durable.waits w
+                              where w.queue_name = p_queue_name and w.event_name = '$task:' || t.task_id::text)
+           order by t.finished_at
+           limit p_limit
+             for update of t skip locked) x;
   if v_ids is null then
     return 0;
   end if;
 
-  execute format('delete from durable.%I where task_id = any ($1)', 'w_' || p_queue_name) using v_ids;
-  execute format('delete from durable.%I where task_id = any ($1)', 'c_' || p_queue_name) using v_ids;
-  execute format('delete from durable.%I where task_id = any ($1)', 'r_' || p_queue_name) using v_ids;
-  execute format('delete from durable.%I where task_id = any ($1)', v_t) using v_ids;
+  delete from durable.waits w where w.queue_name = p_queue_name and w.task_id = any (v_ids);
+  delete from durable.checkpoints c where c.queue_name = p_queue_name and c.task_id = any (v_ids);
+  delete from durable.runs r where r.queue_name = p_queue_name and r.task_id = any (v_ids);
+  delete from durable.tasks t where t.queue_name = p_queue_name and t.task_id = any (v_ids);
   return cardinality(v_ids);
 end;
 $$;

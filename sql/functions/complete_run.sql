@@ -5,7 +5,7 @@
 --
 -- The result is stored on the task (get_task_result reads it there). Only a
 -- running run whose lease has not expired can complete. Its statements are
--- prepared once per session (_prepared) and run with generic plans. Locks the run,
+-- static and run with generic plans made once per session. Locks the run,
 -- then the task (the order every function keeps). Raises QD001, QD002, QD010
 -- (run_not_found), QD011 (run_not_running), QD012 (lease_lost) and QD013
 -- (task_cancelled); nothing is written then.
@@ -25,27 +25,21 @@ declare
   v_task_id uuid;
 begin
   perform durable._require_queue(p_queue_name);
-  execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'complete_run_by_id', '(uuid, timestamptz)',
-      -- The state test is a case so that no generic plan can read the lease
-      -- index (every running run) instead of the primary key.
-      'update durable.%2$I set state = ''completed'', finished_at = $2
-        where run_id = $1
-          and case when state = ''running'' then claim_expires_at > $2 else false end
-       returning task_id'),
-    p_run_id, v_now)
-    into v_task_id;
+  -- The state test is a case so that no generic plan can read the lease
+  -- index (every running run) instead of the primary key.
+  update durable.runs r
+     set state = 'completed', finished_at = v_now
+   where r.run_id = p_run_id and r.queue_name = p_queue_name
+     and case when r.state = 'running' then r.claim_expires_at > v_now else false end
+  returning r.task_id into v_task_id;
   if v_task_id is null then
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'complete');
   end if;
-  execute format('execute %I(%L, %L, %L)',
-    durable._prepared(p_queue_name, 'finish_task', '(uuid, jsonb, timestamptz)',
-      'update durable.%1$I
-          set state = ''completed'', result = $2, finished_at = $3, cancel_deadline = null,
-              key_held = key_held and key_retention is not null,
-              key_expires_at = durable._key_expires_at(key_held, key_retention, $3)
-        where task_id = $1'),
-    v_task_id, p_result, v_now);
+  update durable.tasks t
+     set state = 'completed', result = p_result, finished_at = v_now, cancel_deadline = null,
+         key_held = t.key_held and t.key_retention is not null,
+         key_expires_at = durable._key_expires_at(t.key_held, t.key_retention, v_now)
+   where t.task_id = v_task_id;
   perform durable._task_finished(p_queue_name, array[v_task_id], 'completed', v_now);
 end;
 $$;

@@ -25,8 +25,7 @@
 -- _task_finished (the same one complete_run uses) wakes their waiters and
 -- deletes their waits for the whole batch, whatever its size (one more
 -- statement reads why the others did not complete, when some did not). The
--- run statements are prepared once per session (_prepared) and run with
--- generic plans.
+-- statements are static and run with generic plans made once per session.
 --
 -- Locks the runs in run_id order with `for no key update skip locked`, then
 -- their tasks (runs before tasks, the order every function keeps), then the
@@ -101,40 +100,34 @@ begin
   -- runs are found by primary key only, and tested once locked: a test in the
   -- where clause would let a generic plan read the lease index, every running
   -- run of the queue, instead.
-  execute format('execute %I(%L, %L)',
-    durable._prepared(p_queue_name, 'complete_runs', '(uuid[], timestamptz)', $sql$
-      with picked as (
-        select r.run_id, r.state = 'running' and r.claim_expires_at > $2 as live
-          from durable.%2$I r
-         where r.run_id = any ($1)
-         order by r.run_id
-           for no key update skip locked
-      ), runs as (
-        update durable.%2$I r
-           set state = 'completed', finished_at = $2
-         where r.run_id = any (array(select run_id from picked where live))
-        returning r.run_id, r.task_id
-      )
-      select array_agg(runs.run_id order by runs.run_id), array_agg(runs.task_id order by runs.run_id)
-        from runs$sql$),
-    v_ids, v_now)
-    into v_done_runs, v_done_tasks;
+  with picked as (
+    select r.run_id, r.state = 'running' and r.claim_expires_at > v_now as live
+      from durable.runs r
+     where r.run_id = any (v_ids) and r.queue_name = p_queue_name
+     order by r.run_id
+       for no key update skip locked
+  ), done as (
+    update durable.runs r
+       set state = 'completed', finished_at = v_now
+     where r.run_id = any (array(select p.run_id from picked p where p.live))
+    returning r.run_id, r.task_id
+  )
+  select array_agg(d.run_id order by d.run_id), array_agg(d.task_id order by d.run_id)
+    into v_done_runs, v_done_tasks
+    from done d;
 
   if v_done_runs is not null then
     -- Their tasks. The results go as one object keyed by task id (absent for
-    -- SQL NULL), so that the update finds each task by primary key; results
-    -- may be large, so the statement takes them as a parameter (planned on
-    -- each call, once per batch) rather than quoted into a prepared call.
+    -- SQL NULL), so that the update finds each task by primary key.
     select jsonb_object_agg(d.tid::text, i.res) filter (where i.res is not null)
       into v_task_results
       from unnest(v_done_runs, v_done_tasks) d(rid, tid)
       join unnest(v_ids, v_results) i(rid, res) on i.rid = d.rid;
-    execute format('update durable.%I
-                       set state = ''completed'', result = $2 -> task_id::text, finished_at = $3,
-                           cancel_deadline = null, key_held = key_held and key_retention is not null,
-                           key_expires_at = durable._key_expires_at(key_held, key_retention, $3)
-                     where task_id = any ($1)', 't_' || p_queue_name)
-      using v_done_tasks, v_task_results, v_now;
+    update durable.tasks t
+       set state = 'completed', result = v_task_results -> t.task_id::text, finished_at = v_now,
+           cancel_deadline = null, key_held = t.key_held and t.key_retention is not null,
+           key_expires_at = durable._key_expires_at(t.key_held, t.key_retention, v_now)
+     where t.task_id = any (v_done_tasks);
 
     perform durable._task_finished(p_queue_name, v_done_tasks, 'completed', v_now);
   end if;
@@ -144,22 +137,19 @@ begin
   if v_done_runs is null or cardinality(v_done_runs) < cardinality(v_ids) then
     select array_agg(m.id) into v_missing
       from (select unnest(v_ids) except select unnest(v_done_runs)) m(id);
-    execute format('execute %I(%L, %L)',
-      durable._prepared(p_queue_name, 'complete_runs_why', '(uuid[], timestamptz)', $sql$
-        select jsonb_object_agg(m.run_id, coalesce(
-                 (select case
-                           when r.state = 'cancelled' then 'QD013'
-                           when r.state = 'running' and r.claim_expires_at > $2 then '55P03'
-                           when r.state = 'running'
-                                or (r.state = 'failed' and r.failure_reason ->> 'name' = 'claim_timeout') then 'QD012'
-                           else 'QD011'
-                         end
-                    from durable.%2$I r
-                   where r.run_id = m.run_id),
-                 'QD010'))
-          from unnest($1) m(run_id)$sql$),
-      v_missing, v_now)
-      into v_codes;
+    select jsonb_object_agg(m.run_id, coalesce(
+             (select case
+                       when r.state = 'cancelled' then 'QD013'
+                       when r.state = 'running' and r.claim_expires_at > v_now then '55P03'
+                       when r.state = 'running'
+                            or (r.state = 'failed' and r.failure_reason ->> 'name' = 'claim_timeout') then 'QD012'
+                       else 'QD011'
+                     end
+                from durable.runs r
+               where r.run_id = m.run_id and r.queue_name = p_queue_name),
+             'QD010'))
+      into v_codes
+      from unnest(v_missing) m(run_id);
   end if;
 
   return query

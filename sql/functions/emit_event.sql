@@ -25,9 +25,9 @@ begin
   perform durable._require_queue(p_queue_name);
   perform durable._validate_event_name(p_event_name);
   perform pg_advisory_xact_lock(hashtextextended('durable:' || p_queue_name || ':' || p_event_name, 0));
-  execute format('insert into durable.%I (event_name, payload, emitted_at) values ($1, $2, $3)
-                  on conflict (event_name) do nothing', 'e_' || p_queue_name)
-    using p_event_name, coalesce(p_payload, 'null'::jsonb), v_now;
+  insert into durable.events (queue_name, event_name, payload, emitted_at)
+  values (p_queue_name, p_event_name, coalesce(p_payload, 'null'::jsonb), v_now)
+  on conflict on constraint events_pkey do nothing;
   get diagnostics v_inserted = row_count;
   if v_inserted = 0 then
     return false;

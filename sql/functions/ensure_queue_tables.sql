@@ -1,50 +1,46 @@
--- durable.ensure_queue_tables(queue): creates the queue's tables, or brings
--- tables made by an older version up to date. Safe to call again.
+-- durable.ensure_queue_tables(queue): creates the queue's views, or brings
+-- them up to date. Safe to call again; create_queue calls it.
 --
---   durable.t_<queue>  one row per task: what to run, its options, its state and
---                      outcome, and its deduplication key.
---   durable.r_<queue>  one row per attempt (run) of a task: when it may start,
---                      who holds its lease until when, and how it ended.
+-- Every queue's rows live in five shared tables keyed by queue_name (made by
+-- migration 010), so that every function runs static SQL, planned once per
+-- session, rather than dynamic SQL planned on every call:
 --
--- Indexes:
---   r_<queue>_ready  pending/sleeping runs by available_at: what claim_task reads.
---   r_<queue>_lease  running runs by lease expiry: the lease-recovery sweep.
---   r_<queue>_task   runs of a task.
---   t_<queue>_key    unique (task_name, key_hash) for tasks whose key is held:
---                    the deduplication rule's index (see spawn_task). Only live
---                    keyed tasks are in it.
---   t_<queue>_parent children of a task, for cascading cancellation.
---   t_<queue>_deadline tasks with a cancellation deadline (max_delay,
+--   durable.tasks        one row per task: what to run, its options, its state
+--                        and outcome, and its deduplication key.
+--   durable.runs         one row per attempt (run) of a task: when it may
+--                        start, who holds its lease until when, how it ended.
+--   durable.checkpoints  one row per (task, step), written by the task's
+--                        running run; an older attempt never overwrites a
+--                        newer one's.
+--   durable.events       one row per (queue, event name); the first emit wins.
+--   durable.waits        one row per (task, step) waiting for an event (or a
+--                        task's end, '$task:<id>') until its timeout, naming
+--                        the run that sleeps on it (see _await).
+--
+-- Indexes (queue_name leads each one a function reads per queue):
+--   tasks_key        unique (queue_name, task_name, key_hash) where key_held:
+--                    the deduplication rule's index (see spawn_task). Only
+--                    tasks holding their key are in it.
+--   runs_ready       pending/sleeping runs by available_at: what claim_task reads.
+--   runs_lease       running runs by lease expiry: the lease-recovery sweep.
+--   runs_task        runs of a task.
+--   tasks_parent     children of a task, for cascading cancellation.
+--   tasks_deadline   tasks with a cancellation deadline (max_delay,
 --                    max_duration), swept by claim_task.
+--   tasks_finished   finished tasks whose key is free, by finished_at:
+--                    cleanup_tasks.
+--   tasks_key_expiry finished tasks whose retained key expires, by expiry.
+--   events_emitted   events by emission time: cleanup_events.
+--   waits_event      waits by event name: emit_event wakes them.
 --
--- Durable execution (migration 003) adds:
---   durable.c_<queue>  checkpoints: one row per (task, step), written by the
---                      task's running run; a newer attempt's row is never
---                      overwritten by an older one.
---   durable.e_<queue>  events: one row per name; the first emit wins.
---   durable.w_<queue>  waits: one row per (task, step) waiting for an event
---                      (or a task's end, '$task:<id>') until its timeout,
---                      naming the run that sleeps on it (see _await).
+-- The views durable.t_<queue>, r_<queue>, c_<queue>, e_<queue> and w_<queue>
+-- show the queue's rows of each table, with the table's columns but
+-- queue_name, under the names the queue's tables had before migration 010:
+-- for operators and psql users who read them. They grant nothing: like the
+-- tables, only the schema's owner reads them; everyone else calls functions.
 --
--- Key retention and cleanup (migration 005) add:
---   t_<queue>.key_retention   seconds a keyed task keeps its key after it ends
---                             (NULL: none, 'Infinity': forever), from the spawn
---                             option key_retention_seconds.
---   t_<queue>.key_expires_at  set when such a task ends: its key stays held
---                             (key_held) until then (see spawn_task).
---   t_<queue>_finished  finished tasks that hold no key, by finished_at: what
---                       cleanup_tasks deletes, oldest first. Only rows that
---                       have ended enter it (finished_at is set once, at the
---                       end), so claims and other updates of live tasks keep
---                       their cost; the update that ends a task writes one more
---                       index entry.
---   t_<queue>_key_expiry finished tasks that retain their key, by expiry:
---                       cleanup_tasks releases the expired ones.
---   e_<queue>_emitted   events by emission time, for cleanup_events.
---
--- Locks the queue's row in durable.queues, so concurrent calls for one queue
--- serialize instead of failing on the catalog. Raises QD001
--- (invalid_queue_name) and QD002 (queue_not_found).
+-- Locks the queue's row in durable.queues. Raises QD001 (invalid_queue_name)
+-- and QD002 (queue_not_found).
 create or replace function durable.ensure_queue_tables(p_queue_name text)
 returns void
 language plpgsql
@@ -53,8 +49,7 @@ set search_path = pg_catalog, pg_temp
 set client_min_messages = warning
 as $$
 declare
-  v_t text := 't_' || p_queue_name;
-  v_r text := 'r_' || p_queue_name;
+  v_view record;
 begin
   perform durable._validate_queue_name(p_queue_name);
   perform 1 from durable.queues q where q.queue_name = p_queue_name for update;
@@ -64,111 +59,17 @@ begin
             hint = 'Create it with durable.create_queue(queue_name).';
   end if;
 
-  execute format($ddl$
-    create table if not exists durable.%I (
-      task_id          uuid primary key,
-      task_name        text not null,
-      params           jsonb not null,
-      headers          jsonb,
-      retry_strategy   jsonb not null,
-      max_attempts     integer not null,
-      state            text not null
-                       check (state in ('pending', 'running', 'sleeping',
-                                        'completed', 'failed', 'cancelled')),
-      attempts         integer not null,
-      last_attempt_run uuid not null,
-      result           jsonb,
-      failure_reason   jsonb,
-      enqueued_at      timestamptz not null,
-      first_started_at timestamptz,
-      finished_at      timestamptz
-    )$ddl$, v_t);
-
-  execute format($ddl$
-    create table if not exists durable.%I (
-      run_id           uuid primary key,
-      task_id          uuid not null,
-      attempt          integer not null,
-      state            text not null
-                       check (state in ('pending', 'running', 'sleeping',
-                                        'completed', 'failed', 'cancelled')),
-      available_at     timestamptz not null,
-      claimed_by       text,
-      claim_expires_at timestamptz,
-      started_at       timestamptz,
-      finished_at      timestamptz,
-      result           jsonb,
-      failure_reason   jsonb,
-      created_at       timestamptz not null
-    )$ddl$, v_r);
-
-  execute format('create index if not exists %I on durable.%I (available_at) where state in (''pending'', ''sleeping'')',
-                 v_r || '_ready', v_r);
-  execute format('create index if not exists %I on durable.%I (claim_expires_at) where state = ''running''',
-                 v_r || '_lease', v_r);
-  execute format('create index if not exists %I on durable.%I (task_id)',
-                 v_r || '_task', v_r);
-
-  -- Deduplication (migration 002). idempotency_key keeps the caller's text for
-  -- operators; key_hash is what the rule compares; key_held says the task holds
-  -- its key. The unique index covers held keys only.
-  execute format('alter table durable.%I
-                    add column if not exists idempotency_key text,
-                    add column if not exists key_hash bytea,
-                    add column if not exists key_held boolean not null default false',
-                 v_t);
-  execute format('create unique index if not exists %I on durable.%I (task_name, key_hash) where key_held',
-                 v_t || '_key', v_t);
-
-  -- Durable execution (migration 003).
-  execute format('alter table durable.%I
-                    add column if not exists parent_task_id uuid,
-                    add column if not exists max_duration integer,
-                    add column if not exists cancel_deadline timestamptz',
-                 v_t);
-  execute format('create index if not exists %I on durable.%I (parent_task_id) where parent_task_id is not null',
-                 v_t || '_parent', v_t);
-  execute format('create index if not exists %I on durable.%I (cancel_deadline) where cancel_deadline is not null',
-                 v_t || '_deadline', v_t);
-  execute format($ddl$
-    create table if not exists durable.%I (
-      task_id    uuid not null,
-      step_name  text not null,
-      state      jsonb not null,
-      run_id     uuid not null,
-      attempt    integer not null,
-      updated_at timestamptz not null,
-      primary key (task_id, step_name)
-    )$ddl$, 'c_' || p_queue_name);
-  execute format($ddl$
-    create table if not exists durable.%I (
-      event_name text primary key,
-      payload    jsonb not null,
-      emitted_at timestamptz not null
-    )$ddl$, 'e_' || p_queue_name);
-  execute format($ddl$
-    create table if not exists durable.%I (
-      task_id    uuid not null,
-      step_name  text not null,
-      run_id     uuid not null,
-      event_name text not null,
-      timeout_at timestamptz not null,
-      created_at timestamptz not null,
-      primary key (task_id, step_name)
-    )$ddl$, 'w_' || p_queue_name);
-  execute format('create index if not exists %I on durable.%I (event_name)',
-                 'w_' || p_queue_name || '_event', 'w_' || p_queue_name);
-
-  -- Key retention and cleanup (migration 005).
-  execute format('alter table durable.%I
-                    add column if not exists key_retention double precision,
-                    add column if not exists key_expires_at timestamptz',
-                 v_t);
-  execute format('create index if not exists %I on durable.%I (finished_at) where finished_at is not null and not key_held',
-                 v_t || '_finished', v_t);
-  execute format('create index if not exists %I on durable.%I (key_expires_at) where key_expires_at is not null',
-                 v_t || '_key_expiry', v_t);
-  execute format('create index if not exists %I on durable.%I (emitted_at)',
-                 'e_' || p_queue_name || '_emitted', 'e_' || p_queue_name);
+  for v_view in
+    select v.prefix, v.tbl,
+           (select string_agg(quote_ident(a.attname), ', ' order by a.attnum)
+              from pg_attribute a
+             where a.attrelid = ('durable.' || v.tbl)::regclass
+               and a.attnum > 0 and not a.attisdropped and a.attname <> 'queue_name') as cols
+      from (values ('t_', 'tasks'), ('r_', 'runs'), ('c_', 'checkpoints'),
+                   ('e_', 'events'), ('w_', 'waits')) v(prefix, tbl)
+  loop
+    execute format('create or replace view durable.%I as select %s from durable.%I where queue_name = %L',
+                   v_view.prefix || p_queue_name, v_view.cols, v_view.tbl, p_queue_name);
+  end loop;
 end;
 $$;

@@ -24,16 +24,13 @@ begin
     raise exception 'extend_by must be at least 1 second, got %', coalesce(p_extend_by::text, 'NULL')
       using errcode = 'QD006';
   end if;
-  execute format('execute %I(%L, %L, %L)',
-    durable._prepared(p_queue_name, 'extend_by_id', '(uuid, timestamptz, integer)',
-      -- The state test is a case so that no generic plan can read the lease
-      -- index (every running run) instead of the primary key.
-      'update durable.%2$I set claim_expires_at = $2 + make_interval(secs => $3)
-        where run_id = $1
-          and case when state = ''running'' then claim_expires_at > $2 else false end
-       returning claim_expires_at'),
-    p_run_id, v_now, p_extend_by)
-    into v_expires;
+  -- The state test is a case so that no generic plan can read the lease
+  -- index (every running run) instead of the primary key.
+  update durable.runs r
+     set claim_expires_at = v_now + make_interval(secs => p_extend_by)
+   where r.run_id = p_run_id and r.queue_name = p_queue_name
+     and case when r.state = 'running' then r.claim_expires_at > v_now else false end
+  returning r.claim_expires_at into v_expires;
   if v_expires is null then
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'extend');
   end if;

@@ -29,12 +29,11 @@ begin
     raise exception 'retry_at must be a finite time, got %', p_retry_at
       using errcode = 'QD006';
   end if;
-  execute format('update durable.%I
-                     set state = ''failed'', failure_reason = $2, finished_at = $3
-                   where run_id = $1 and state = ''running'' and claim_expires_at > $3
-                  returning task_id', 'r_' || p_queue_name)
-    into v_task_id
-    using p_run_id, v_reason, v_now;
+  update durable.runs r
+     set state = 'failed', failure_reason = v_reason, finished_at = v_now
+   where r.queue_name = p_queue_name and r.run_id = p_run_id
+     and r.state = 'running' and r.claim_expires_at > v_now
+  returning r.task_id into v_task_id;
   if v_task_id is null then
     perform durable._raise_run_not_running(p_queue_name, p_run_id, 'fail');
   end if;

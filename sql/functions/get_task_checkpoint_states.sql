@@ -15,16 +15,18 @@ declare
   v_task_id uuid;
 begin
   perform durable._require_queue(p_queue_name);
-  execute format('select task_id from durable.%I where run_id = $1', 'r_' || p_queue_name)
+  select r.task_id
     into v_task_id
-    using p_run_id;
+    from durable.runs r
+   where r.run_id = p_run_id and r.queue_name = p_queue_name;
   if v_task_id is distinct from p_task_id then
     raise exception 'run % of task % not found in queue %', p_run_id, p_task_id, quote_literal(p_queue_name)
       using errcode = 'QD010';
   end if;
-  return query execute format(
-    'select c.step_name, c.state, c.run_id, c.attempt, c.updated_at
-       from durable.%I c where c.task_id = $1 order by c.updated_at, c.step_name', 'c_' || p_queue_name)
-    using p_task_id;
+  return query
+    select c.step_name, c.state, c.run_id, c.attempt, c.updated_at
+      from durable.checkpoints c
+     where c.task_id = p_task_id and c.queue_name = p_queue_name
+     order by c.updated_at, c.step_name;
 end;
 $$;

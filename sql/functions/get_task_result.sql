@@ -11,9 +11,10 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform durable._require_queue(p_queue_name);
-  return query execute format('select t.task_id, t.state, t.result, t.failure_reason
-                                 from durable.%I t where t.task_id = $1', 't_' || p_queue_name)
-    using p_task_id;
+  return query
+    select t.task_id, t.state, t.result, t.failure_reason
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.task_id = p_task_id;
   if not found then
     raise exception 'task % not found in queue %', p_task_id, quote_literal(p_queue_name)
       using errcode = 'QD020';

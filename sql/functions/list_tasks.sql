@@ -2,16 +2,21 @@
 -- p_limit tasks of the queue matching every filter given (null: any), with
 -- their current run. For operators; workers never need it.
 --
--- Which index it reads, and in which order the tasks come:
---   state pending or sleeping  the ready index of runs (r_<queue>_ready), in
---                              order of available_at: the order claims take.
---   state running              the lease index (r_<queue>_lease), in order of
---                              lease expiry: the first to expire first.
---   otherwise                  the task table, in no particular order: the first
---                              p_limit matches met. Final states have no index
---                              (one would slow every state change), so a filter
---                              that few finished tasks match may read much of
---                              the table before it has p_limit rows.
+-- Which index it reads (every one leads with queue_name), and in which order
+-- the tasks come:
+--   state pending or sleeping  the ready index of runs (runs_ready), in order
+--                              of available_at: the order claims take.
+--   state running              the lease index (runs_lease), in order of lease
+--                              expiry: the first to expire first.
+--   otherwise                  in no particular order, the first p_limit
+--                              matches met among: finished tasks holding no
+--                              key (tasks_finished), tasks holding a key
+--                              (tasks_key), and, without a state, live tasks
+--                              through their live run (runs_ready, runs_lease).
+--                              Final states have no index of their own (one
+--                              would slow every state change), so a filter that
+--                              few finished tasks match may read many of the
+--                              queue's finished tasks before it has p_limit rows.
 -- The live-state plans read only live runs, however many tasks have finished,
 -- walking the index in its order and stopping at p_limit matches (ties in
 -- available_at or lease expiry come in no particular order).
@@ -46,11 +51,6 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_hash bytea := durable._key_hash(p_task_name, null, false, p_idempotency_key);
-  v_filters text := '($2::text is null or t.task_name = $2)
-                     and ($3::bytea is null or t.key_hash = $3)';
-  v_columns text := 't.task_id, t.task_name, t.state, t.attempts, t.max_attempts, t.idempotency_key,
-                     r.run_id, r.available_at, t.enqueued_at, t.first_started_at, t.finished_at,
-                     t.parent_task_id';
 begin
   perform durable._require_queue(p_queue_name);
   if p_state is not null
@@ -65,34 +65,73 @@ begin
   end if;
 
   if p_state in ('pending', 'sleeping') then
-    return query execute format(
-      'select ' || v_columns || '
-         from durable.%2$I r
-         join durable.%1$I t on t.task_id = r.task_id and t.last_attempt_run = r.run_id
-        where r.state in (''pending'', ''sleeping'') and r.state = $1 and t.state = $1
-          and ' || v_filters || '
-        order by r.available_at
-        limit $4', 't_' || p_queue_name, 'r_' || p_queue_name)
-      using p_state, p_task_name, v_hash, p_limit;
+    return query
+      select t.task_id, t.task_name, t.state, t.attempts, t.max_attempts, t.idempotency_key,
+             r.run_id, r.available_at, t.enqueued_at, t.first_started_at, t.finished_at,
+             t.parent_task_id
+        from durable.runs r
+        join durable.tasks t
+          on t.task_id = r.task_id and t.last_attempt_run = r.run_id and t.queue_name = p_queue_name
+       where r.queue_name = p_queue_name
+         and r.state in ('pending', 'sleeping') and r.state = p_state and t.state = p_state
+         and (p_task_name is null or t.task_name = p_task_name)
+         and (v_hash is null or t.key_hash = v_hash)
+       order by r.available_at
+       limit p_limit;
   elsif p_state = 'running' then
-    return query execute format(
-      'select ' || v_columns || '
-         from durable.%2$I r
-         join durable.%1$I t on t.task_id = r.task_id and t.last_attempt_run = r.run_id
-        where r.state = ''running'' and t.state = $1
-          and ' || v_filters || '
-        order by r.claim_expires_at
-        limit $4', 't_' || p_queue_name, 'r_' || p_queue_name)
-      using p_state, p_task_name, v_hash, p_limit;
+    return query
+      select t.task_id, t.task_name, t.state, t.attempts, t.max_attempts, t.idempotency_key,
+             r.run_id, r.available_at, t.enqueued_at, t.first_started_at, t.finished_at,
+             t.parent_task_id
+        from durable.runs r
+        join durable.tasks t
+          on t.task_id = r.task_id and t.last_attempt_run = r.run_id and t.queue_name = p_queue_name
+       where r.queue_name = p_queue_name
+         and r.state = 'running' and t.state = p_state
+         and (p_task_name is null or t.task_name = p_task_name)
+         and (v_hash is null or t.key_hash = v_hash)
+       order by r.claim_expires_at
+       limit p_limit;
   else
-    return query execute format(
-      'select ' || v_columns || '
-         from (select * from durable.%1$I t
-                where ($1::text is null or t.state = $1)
-                  and ' || v_filters || '
-                limit $4) t
-         left join durable.%2$I r on r.run_id = t.last_attempt_run', 't_' || p_queue_name, 'r_' || p_queue_name)
-      using p_state, p_task_name, v_hash, p_limit;
+    -- Here p_state is null or a final state. The four parts do not overlap:
+    -- finished without a key, with a key, live without a key (two run indexes).
+    return query
+      select t.task_id, t.task_name, t.state, t.attempts, t.max_attempts, t.idempotency_key,
+             r.run_id, r.available_at, t.enqueued_at, t.first_started_at, t.finished_at,
+             t.parent_task_id
+        from (select f.* from durable.tasks f
+               where f.queue_name = p_queue_name and f.finished_at is not null and not f.key_held
+                 and (p_state is null or f.state = p_state)
+                 and (p_task_name is null or f.task_name = p_task_name)
+                 and (v_hash is null or f.key_hash = v_hash)
+              union all
+              select k.* from durable.tasks k
+               where k.queue_name = p_queue_name and k.key_held
+                 and (p_state is null or k.state = p_state)
+                 and (p_task_name is null or k.task_name = p_task_name)
+                 and (v_hash is null or k.key_hash = v_hash)
+              union all
+              select l.* from durable.runs lr
+                join durable.tasks l
+                  on l.task_id = lr.task_id and l.last_attempt_run = lr.run_id
+                 and l.queue_name = p_queue_name
+               where p_state is null
+                 and lr.queue_name = p_queue_name and lr.state in ('pending', 'sleeping')
+                 and not l.key_held
+                 and (p_task_name is null or l.task_name = p_task_name)
+                 and (v_hash is null or l.key_hash = v_hash)
+              union all
+              select l.* from durable.runs lr
+                join durable.tasks l
+                  on l.task_id = lr.task_id and l.last_attempt_run = lr.run_id
+                 and l.queue_name = p_queue_name
+               where p_state is null
+                 and lr.queue_name = p_queue_name and lr.state = 'running'
+                 and not l.key_held
+                 and (p_task_name is null or l.task_name = p_task_name)
+                 and (v_hash is null or l.key_hash = v_hash)
+              limit p_limit) t
+        left join durable.runs r on r.run_id = t.last_attempt_run and r.queue_name = p_queue_name;
   end if;
 end;
 $$;

@@ -2,9 +2,9 @@
 -- autoscaler or a person on call, cheap enough to poll every second.
 --
 --   pending, running, sleeping  tasks in each live state: exact.
---   completed, failed,          tasks in each final state: exact when the task
---   cancelled                   table is small (at most 2 MiB), else estimates
---                               (terminal_counts says which; see below).
+--   completed, failed,          tasks in each final state: exact when the
+--   cancelled                   queue has few finished tasks (see below),
+--                               else estimates (terminal_counts says which).
 --   finished                    completed + failed + cancelled.
 --   ready_now                   runs a worker could claim now (pending or
 --                               sleeping, available_at reached): exact.
@@ -16,16 +16,19 @@
 --   terminal_counts             'exact' or 'estimated'.
 --   measured_at                 durable.current_time() of the figures.
 --
--- Cost. The live figures read only the partial indexes of live runs
--- (r_<queue>_ready, r_<queue>_lease) and held keys (t_<queue>_key), so they
--- cost in proportion to the live work, never to the finished tasks. Final
--- states have no index (one would slow every state change): counting them
--- exactly means reading the whole task table. So above 2 MiB of task table
--- they are estimated from PostgreSQL's statistics: the table's live-row count
--- (pg_stat_get_live_tuples, kept current by every insert and delete) minus
--- the exact live count gives `finished`, split between the three states by
--- the state column's frequencies from the last ANALYZE (autovacuum runs it);
--- before any ANALYZE the split is unknown and the three are null.
+-- Cost. The live figures read only the partial indexes of the queue's live
+-- runs (runs_ready, runs_lease) and held keys (tasks_key), so they cost in
+-- proportion to the live work, never to the finished tasks. Final states have
+-- no index of their own (one would slow every state change), so the final
+-- counts go by the planner's estimate of the queue's finished tasks holding
+-- no key (EXPLAIN of a query on tasks_finished, with the queue name as a
+-- literal): at most 20000, they are counted exactly, through tasks_finished
+-- plus the finished tasks that still hold their key (tasks_key). Above, each
+-- final state is the planner's estimate of the queue's tasks in that state,
+-- from the statistics object tasks_queue_state (queue_name, state) of the
+-- last ANALYZE (autovacuum runs it; a planner estimate is never below 1);
+-- before any ANALYZE these are the planner's default guesses. The function is
+-- volatile, not stable: PostgreSQL allows EXPLAIN only in volatile functions.
 --
 -- Locks nothing: plain reads of a snapshot. Raises QD001 and QD002.
 create or replace function durable.queue_stats(p_queue_name text)
@@ -46,12 +49,10 @@ returns table (
   measured_at      timestamptz)
 language plpgsql
 security definer
-stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_now timestamptz := durable.current_time();
-  v_t regclass;
   v_pending bigint;
   v_running bigint;
   v_sleeping bigint;
@@ -61,57 +62,70 @@ declare
   v_completed bigint;
   v_failed bigint;
   v_cancelled bigint;
-  v_finished bigint;
+  v_held_completed bigint;
+  v_held_failed bigint;
+  v_held_cancelled bigint;
   v_exact boolean;
-  v_freq_completed double precision;
-  v_freq_failed double precision;
-  v_freq_cancelled double precision;
+  v_plan json;
 begin
   perform durable._require_queue(p_queue_name);
-  v_t := format('durable.%I', 't_' || p_queue_name)::regclass;
 
   -- Waiting runs: one pass over the ready index (live runs only).
-  execute format('select count(*) filter (where r.state = ''pending''),
-                         count(*) filter (where r.state = ''sleeping''),
-                         count(*) filter (where r.available_at <= $1),
-                         min(r.available_at) filter (where r.available_at <= $1)
-                    from durable.%I r
-                   where r.state in (''pending'', ''sleeping'')', 'r_' || p_queue_name)
+  select count(*) filter (where r.state = 'pending'),
+         count(*) filter (where r.state = 'sleeping'),
+         count(*) filter (where r.available_at <= v_now),
+         min(r.available_at) filter (where r.available_at <= v_now)
     into v_pending, v_sleeping, v_ready, v_oldest
-    using v_now;
-  execute format('select count(*) from durable.%I r where r.state = ''running''', 'r_' || p_queue_name)
-    into v_running;
-  execute format('select count(*) from durable.%I t where t.key_held', 't_' || p_queue_name)
-    into v_keys;
+    from durable.runs r
+   where r.queue_name = p_queue_name and r.state in ('pending', 'sleeping');
+  select count(*) into v_running
+    from durable.runs r
+   where r.queue_name = p_queue_name and r.state = 'running';
+  select count(*) into v_keys
+    from durable.tasks t
+   where t.queue_name = p_queue_name and t.key_held;
 
-  v_exact := pg_relation_size(v_t) <= 2 * 1024 * 1024;
+  -- The planner's estimates need the queue name as a literal (a parameter
+  -- would give a generic estimate): EXPLAIN, formatted with %L.
+  execute format('explain (format json) select 1 from durable.tasks t
+                   where t.queue_name = %L and t.finished_at is not null and not t.key_held',
+                 p_queue_name)
+    into v_plan;
+  v_exact := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision <= 20000;
   if v_exact then
-    execute format('select count(*) filter (where t.state = ''completed''),
-                           count(*) filter (where t.state = ''failed''),
-                           count(*) filter (where t.state = ''cancelled'')
-                      from durable.%I t', 't_' || p_queue_name)
-      into v_completed, v_failed, v_cancelled;
-    v_finished := v_completed + v_failed + v_cancelled;
+    select count(*) filter (where t.state = 'completed'),
+           count(*) filter (where t.state = 'failed'),
+           count(*) filter (where t.state = 'cancelled')
+      into v_completed, v_failed, v_cancelled
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.finished_at is not null and not t.key_held;
+    select count(*) filter (where t.state = 'completed'),
+           count(*) filter (where t.state = 'failed'),
+           count(*) filter (where t.state = 'cancelled')
+      into v_held_completed, v_held_failed, v_held_cancelled
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.key_held
+       and t.state in ('completed', 'failed', 'cancelled');
+    v_completed := v_completed + v_held_completed;
+    v_failed := v_failed + v_held_failed;
+    v_cancelled := v_cancelled + v_held_cancelled;
   else
-    v_finished := greatest(pg_stat_get_live_tuples(v_t) - v_pending - v_running - v_sleeping, 0);
-    select max(f.freq) filter (where f.val = 'completed'),
-           max(f.freq) filter (where f.val = 'failed'),
-           max(f.freq) filter (where f.val = 'cancelled')
-      into v_freq_completed, v_freq_failed, v_freq_cancelled
-      from pg_stats s,
-           unnest(s.most_common_vals::text::text[], s.most_common_freqs) as f(val, freq)
-     where s.schemaname = 'durable' and s.tablename = 't_' || p_queue_name and s.attname = 'state';
-    if coalesce(v_freq_completed, 0) + coalesce(v_freq_failed, 0) + coalesce(v_freq_cancelled, 0) > 0 then
-      v_completed := round(v_finished * coalesce(v_freq_completed, 0)
-                           / (coalesce(v_freq_completed, 0) + coalesce(v_freq_failed, 0) + coalesce(v_freq_cancelled, 0)));
-      v_failed := round(v_finished * coalesce(v_freq_failed, 0)
-                        / (coalesce(v_freq_completed, 0) + coalesce(v_freq_failed, 0) + coalesce(v_freq_cancelled, 0)));
-      v_cancelled := v_finished - v_completed - v_failed;
-    end if;
+    execute format('explain (format json) select 1 from durable.tasks t
+                     where t.queue_name = %L and t.state = ''completed''', p_queue_name)
+      into v_plan;
+    v_completed := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
+    execute format('explain (format json) select 1 from durable.tasks t
+                     where t.queue_name = %L and t.state = ''failed''', p_queue_name)
+      into v_plan;
+    v_failed := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
+    execute format('explain (format json) select 1 from durable.tasks t
+                     where t.queue_name = %L and t.state = ''cancelled''', p_queue_name)
+      into v_plan;
+    v_cancelled := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
   end if;
 
   return query select p_queue_name, v_pending, v_running, v_sleeping,
-                      v_completed, v_failed, v_cancelled, v_finished,
+                      v_completed, v_failed, v_cancelled, v_completed + v_failed + v_cancelled,
                       v_ready, v_pending + v_sleeping - v_ready,
                       coalesce(extract(epoch from v_now - v_oldest)::double precision, 0),
                       v_keys,

@@ -44,8 +44,6 @@ set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 as $$
 declare
-  v_t text := 't_' || p_queue_name;
-  v_r text := 'r_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_task_name text;
   v_params jsonb;
@@ -95,23 +93,25 @@ begin
 
   -- A task's parent never changes: read it without a lock, lock the parent,
   -- then the task.
-  execute format('select t.parent_task_id from durable.%I t where t.task_id = $1', v_t)
-    into v_parent_task_id
-    using p_task_id;
+  select t.parent_task_id into v_parent_task_id
+    from durable.tasks t
+   where t.queue_name = p_queue_name and t.task_id = p_task_id;
   if v_parent_task_id is not null then
-    execute format('select t.state from durable.%I t where t.task_id = $1 for share', v_t)
-      into v_parent_state
-      using v_parent_task_id;
+    select t.state into v_parent_state
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.task_id = v_parent_task_id
+       for share;
   end if;
 
-  execute format('select t.task_name, t.params, t.headers, t.retry_strategy, t.max_attempts, t.state,
-                         t.attempts, t.idempotency_key, t.key_hash, t.parent_task_id, t.max_duration,
-                         t.key_retention
-                    from durable.%I t where t.task_id = $1 for no key update', v_t)
+  select t.task_name, t.params, t.headers, t.retry_strategy, t.max_attempts, t.state,
+         t.attempts, t.idempotency_key, t.key_hash, t.parent_task_id, t.max_duration,
+         t.key_retention
     into v_task_name, v_params, v_headers, v_retry_strategy, v_task_max_attempts, v_state,
          v_attempts, v_idempotency_key, v_key_hash, v_parent_task_id, v_max_duration,
          v_key_retention
-    using p_task_id;
+    from durable.tasks t
+   where t.queue_name = p_queue_name and t.task_id = p_task_id
+     for no key update;
   if v_state is null then
     raise exception 'task % not found in queue %', p_task_id, quote_literal(p_queue_name)
       using errcode = 'QD020';
@@ -144,38 +144,37 @@ begin
   end if;
 
   if v_key_hash is not null then
-    execute format('select t.task_id from durable.%I t
-                     where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3
-                       and (t.key_expires_at is null or t.key_expires_at > $4)', v_t)
-      into v_holder
-      using v_task_name, v_key_hash, p_task_id, v_now;
+    select t.task_id into v_holder
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.task_name = v_task_name and t.key_hash = v_key_hash
+       and t.key_held and t.task_id <> p_task_id
+       and (t.key_expires_at is null or t.key_expires_at > v_now);
     if v_holder is not null then
       perform durable._raise_key_held(p_queue_name, p_task_id, v_holder);
     end if;
-    execute format('update durable.%I t set key_held = false, key_expires_at = null
-                     where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3
-                       and case when t.key_expires_at is null then false else t.key_expires_at <= $4 end', v_t)
-      using v_task_name, v_key_hash, p_task_id, v_now;
+    update durable.tasks t
+       set key_held = false, key_expires_at = null
+     where t.queue_name = p_queue_name and t.task_name = v_task_name and t.key_hash = v_key_hash
+       and t.key_held and t.task_id <> p_task_id
+       and case when t.key_expires_at is null then false else t.key_expires_at <= v_now end;
   end if;
 
   begin
-    execute format('update durable.%I
-                       set state = ''pending'', attempts = attempts + 1, last_attempt_run = $2,
-                           max_attempts = $3, key_held = key_hash is not null, key_expires_at = null,
-                           result = null, finished_at = null, first_started_at = null
-                     where task_id = $1', v_t)
-      using p_task_id, v_run_id,
-            coalesce(v_max_attempts, greatest(v_task_max_attempts, v_attempts + 1));
+    update durable.tasks t
+       set state = 'pending', attempts = t.attempts + 1, last_attempt_run = v_run_id,
+           max_attempts = coalesce(v_max_attempts, greatest(v_task_max_attempts, v_attempts + 1)),
+           key_held = t.key_hash is not null, key_expires_at = null,
+           result = null, finished_at = null, first_started_at = null
+     where t.queue_name = p_queue_name and t.task_id = p_task_id;
   exception when unique_violation then
-    execute format('select t.task_id from durable.%I t
-                     where t.task_name = $1 and t.key_hash = $2 and t.key_held and t.task_id <> $3', v_t)
-      into v_holder
-      using v_task_name, v_key_hash, p_task_id;
+    select t.task_id into v_holder
+      from durable.tasks t
+     where t.queue_name = p_queue_name and t.task_name = v_task_name and t.key_hash = v_key_hash
+       and t.key_held and t.task_id <> p_task_id;
     perform durable._raise_key_held(p_queue_name, p_task_id, v_holder);
   end;
-  execute format('insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
-                  values ($1, $2, $3, ''pending'', $4, $4)', v_r)
-    using v_run_id, p_task_id, v_attempts + 1, v_now;
+  insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+  values (p_queue_name, v_run_id, p_task_id, v_attempts + 1, 'pending', v_now, v_now);
   perform durable._notify_ready(p_queue_name);
   return query select p_task_id, v_run_id, v_attempts + 1, false, 'pending'::text;
 end;

@@ -39,9 +39,9 @@ begin
   perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name, p_state, p_run_id, v_attempt, v_now);
 
   if p_extend_claim_by is not null then
-    execute format('update durable.%I set claim_expires_at = $2 + make_interval(secs => $3) where run_id = $1',
-                   'r_' || p_queue_name)
-      using p_run_id, v_now, p_extend_claim_by;
+    update durable.runs r
+       set claim_expires_at = v_now + make_interval(secs => p_extend_claim_by)
+     where r.run_id = p_run_id and r.queue_name = p_queue_name;
   end if;
 end;
 $$;

@@ -32,9 +32,10 @@ begin
       using errcode = 'QD006';
   end if;
   v_attempt := durable._lock_running_run(p_queue_name, p_task_id, p_run_id, 'sleep');
-  execute format('select state from durable.%I where task_id = $1 and step_name = $2', 'c_' || p_queue_name)
+  select c.state
     into v_state
-    using p_task_id, p_step_name;
+    from durable.checkpoints c
+   where c.task_id = p_task_id and c.step_name = p_step_name and c.queue_name = p_queue_name;
   if v_state is null then
     v_wake_at := p_wake_at;
     perform durable._write_checkpoint(p_queue_name, p_task_id, p_step_name,

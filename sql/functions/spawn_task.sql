@@ -12,7 +12,8 @@
 --
 -- The rule. A key is scoped to one queue and one task name. It is held while its
 -- task is pending, running or sleeping (waiting for a retry included): key_held
--- is true and the task is in the unique index t_<queue>_key. When the task
+-- is true and the task is in the unique index tasks_key (queue_name,
+-- task_name, key_hash) where key_held. When the task
 -- completes, fails or is cancelled, key_held turns false and the next spawn
 -- creates a new task. A spawn that finds the key held returns the holder's
 -- task_id, current run_id, attempt and state with created = false; it writes
@@ -36,8 +37,7 @@
 -- deleting a task frees its key.
 --
 -- Why it is race-free. Each try first looks the key up with a plain read (no
--- lock, so it never waits for a worker holding the task; a statement prepared
--- once per session, see _prepared), then inserts with
+-- lock, so it never waits for a worker holding the task), then inserts with
 -- on conflict do nothing on the unique index. If another transaction has
 -- inserted the key and not committed, the insert waits for it: after a commit
 -- it does nothing and the next lookup (a fresh snapshot at read committed)
@@ -82,8 +82,6 @@ set plan_cache_mode = force_generic_plan
 set enable_seqscan = off
 as $$
 declare
-  v_t text := 't_' || p_queue_name;
-  v_r text := 'r_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_params jsonb := coalesce(p_params, 'null'::jsonb);
   v_opts record;
@@ -113,10 +111,10 @@ begin
     v_cancel_deadline := v_available_at + make_interval(secs => v_opts.o_max_delay);
   end if;
   if v_opts.o_parent_task_id is not null then
-    -- execute does not set found: read the answer into a variable.
-    execute format('select state from durable.%I where task_id = $1 for share', v_t)
-      into v_parent_state
-      using v_opts.o_parent_task_id;
+    select t.state into v_parent_state
+      from durable.tasks t
+     where t.task_id = v_opts.o_parent_task_id and t.queue_name = p_queue_name
+       for share;
     if v_parent_state is null then
       raise exception 'parent task % not found in queue %', v_opts.o_parent_task_id, quote_literal(p_queue_name)
         using errcode = 'QD020',
@@ -131,18 +129,16 @@ begin
 
   v_key_hash := durable._key_hash(p_task_name, v_params, p_only_once, p_idempotency_key);
   if v_key_hash is null then
-    execute format($sql$
-      with task as (
-        insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
-                                max_attempts, state, attempts, last_attempt_run, enqueued_at,
-                                parent_task_id, max_duration, cancel_deadline)
-        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, $12)
-      )
-      insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
-      values ($7, $1, 1, 'pending', $9, $8)$sql$, v_t, v_r)
-      using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
-            v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
-            v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline;
+    with task as (
+      insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
+                                 max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                 parent_task_id, max_duration, cancel_deadline)
+      values (p_queue_name, v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
+              v_opts.o_max_attempts, 'pending', 1, v_run_id, v_now,
+              v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline)
+    )
+    insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+    values (p_queue_name, v_run_id, v_task_id, 1, 'pending', v_available_at, v_now);
     if v_available_at <= v_now then
       perform durable._notify_ready(p_queue_name);
     end if;
@@ -152,34 +148,30 @@ begin
 
   for v_try in 1 .. 5 loop
     -- The key is held: hand back the holder, write nothing.
-    return query execute format('execute %I(%L, %L, %L)',
-      durable._prepared(p_queue_name, 'key_holder', '(text, bytea, timestamptz)',
-        'select t.task_id, t.last_attempt_run, t.attempts, false, t.state
-           from durable.%1$I t
-          where t.task_name = $1 and t.key_hash = $2 and t.key_held
-            and (t.key_expires_at is null or t.key_expires_at > $3)'),
-      p_task_name, v_key_hash, v_now);
+    return query
+      select t.task_id, t.last_attempt_run, t.attempts, false, t.state
+        from durable.tasks t
+       where t.queue_name = p_queue_name and t.task_name = p_task_name and t.key_hash = v_key_hash
+         and t.key_held and (t.key_expires_at is null or t.key_expires_at > v_now);
     if found then
       return;
     end if;
 
     -- The key looks free: take it. A concurrent holder makes this do nothing.
-    execute format($sql$
-      with task as (
-        insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
-                                max_attempts, state, attempts, last_attempt_run, enqueued_at,
-                                idempotency_key, key_hash, key_held,
-                                parent_task_id, max_duration, cancel_deadline, key_retention)
-        values ($1, $2, $3, $4, $5, $6, 'pending', 1, $7, $8, $10, $11, true, $12, $13, $14, $15)
-        on conflict (task_name, key_hash) where key_held do nothing
-        returning 1
-      )
-      insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
-      select $7, $1, 1, 'pending', $9, $8 from task$sql$, v_t, v_r)
-      using v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
-            v_opts.o_max_attempts, v_run_id, v_now, v_available_at,
-            p_idempotency_key, v_key_hash,
-            v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline, v_opts.o_key_retention;
+    with task as (
+      insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
+                                 max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                 idempotency_key, key_hash, key_held,
+                                 parent_task_id, max_duration, cancel_deadline, key_retention)
+      values (p_queue_name, v_task_id, p_task_name, v_params, v_opts.o_headers, v_opts.o_retry_strategy,
+              v_opts.o_max_attempts, 'pending', 1, v_run_id, v_now,
+              p_idempotency_key, v_key_hash, true,
+              v_opts.o_parent_task_id, v_opts.o_max_duration, v_cancel_deadline, v_opts.o_key_retention)
+      on conflict (queue_name, task_name, key_hash) where key_held do nothing
+      returning 1
+    )
+    insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+    select p_queue_name, v_run_id, v_task_id, 1, 'pending', v_available_at, v_now from task;
     get diagnostics v_inserted = row_count;
     if v_inserted = 1 then
       if v_available_at <= v_now then
@@ -191,14 +183,13 @@ begin
 
     -- The key is held: by a concurrent spawner (the next lookup finds it), or
     -- by a finished task whose retention has expired: release that one. The
-    -- expiry test is a case so that no plan reads t_<queue>_key_expiry (every
+    -- expiry test is a case so that no plan reads tasks_key_expiry (every
     -- expired key of the queue) instead of the key index.
-    execute format('execute %I(%L, %L, %L)',
-      durable._prepared(p_queue_name, 'release_key', '(text, bytea, timestamptz)',
-        'update durable.%1$I t set key_held = false, key_expires_at = null
-          where t.task_name = $1 and t.key_hash = $2 and t.key_held
-            and case when t.key_expires_at is null then false else t.key_expires_at <= $3 end'),
-      p_task_name, v_key_hash, v_now);
+    update durable.tasks t
+       set key_held = false, key_expires_at = null
+     where t.queue_name = p_queue_name and t.task_name = p_task_name and t.key_hash = v_key_hash
+       and t.key_held
+       and case when t.key_expires_at is null then false else t.key_expires_at <= v_now end;
   end loop;
 
   raise exception 'could not spawn task % in queue %: its key changed hands 5 times in a row',

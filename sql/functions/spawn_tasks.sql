@@ -29,6 +29,9 @@
 -- retention has expired (see spawn_task's Key retention) are locked in key
 -- order and released before the next try. Everything is set-based: the
 -- per-element cost is that of the rows written, not of a call.
+-- The statements over whole batches are run with execute ... using: each is
+-- planned once per call, knowing the batch's arrays, which costs little
+-- against the rows it writes; a generic plan would guess their sizes.
 --
 -- Why it is race-free and cannot deadlock. Lookups are plain reads and lock
 -- nothing. An insert that meets a key another transaction has inserted and
@@ -65,8 +68,6 @@ set search_path = pg_catalog, pg_temp
 set enable_seqscan = off
 as $$
 declare
-  v_t text := 't_' || p_queue_name;
-  v_r text := 'r_' || p_queue_name;
   v_now timestamptz := durable.current_time();
   v_fields constant text[] := array['task_name', 'params', 'only_once', 'idempotency_key', 'options'];
   v_element_hint constant text :=
@@ -231,21 +232,19 @@ begin
   -- task_id order so that two batches never deadlock; then the first element
   -- whose parent is missing or finished.
   if cardinality(array_remove(v_o_parent, null)) > 0 then
-    execute format('select count(*) from (select 1 from durable.%I where task_id = any($1)
-                     order by task_id for share) l', v_t)
-      into v_pos
-      using v_o_parent;
+    select count(*) into v_pos
+      from (select 1 from durable.tasks t
+             where t.task_id = any (v_o_parent) and t.queue_name = p_queue_name
+             order by t.task_id for share) l;
     v_pos := null;
-    execute format($sql$
-      select u.ord, u.parent_task_id, t.state
-        from unnest($1::integer[], $2::uuid[]) u(ord, parent_task_id)
-        left join durable.%I t on t.task_id = u.parent_task_id
-       where u.parent_task_id is not null
-         and (t.state is null or t.state in ('failed', 'cancelled'))
-       order by u.ord
-       limit 1$sql$, v_t)
+    select u.ord, u.parent_task_id, t.state
       into v_pos, v_parent_id, v_parent_state
-      using v_o_ord, v_o_parent;
+      from unnest(v_o_ord, v_o_parent) u(ord, parent_task_id)
+      left join durable.tasks t on t.task_id = u.parent_task_id and t.queue_name = p_queue_name
+     where u.parent_task_id is not null
+       and (t.state is null or t.state in ('failed', 'cancelled'))
+     order by u.ord
+     limit 1;
     if v_pos is not null and v_parent_state is null then
       raise exception 'spawn_tasks element %: parent task % not found in queue %', v_pos, v_parent_id, quote_literal(p_queue_name)
         using errcode = 'QD020',
@@ -264,7 +263,7 @@ begin
 
   -- Elements without a key: one insert of tasks and one of runs.
   if v_keyed < v_len then
-    execute format($sql$
+    execute $sql$
       with e as (
         select x.ord::integer as ord,
                x.elem ->> 'task_name' as task_name,
@@ -286,24 +285,24 @@ begin
          where x.elem ->> 'idempotency_key' is null
            and x.elem -> 'only_once' is distinct from 'true'::jsonb
       ), task as (
-        insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
-                                max_attempts, state, attempts, last_attempt_run, enqueued_at,
-                                parent_task_id, max_duration, cancel_deadline)
-        select e.task_id, e.task_name, e.params, e.headers, e.retry_strategy,
+        insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
+                                   max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                   parent_task_id, max_duration, cancel_deadline)
+        select $13, e.task_id, e.task_name, e.params, e.headers, e.retry_strategy,
                e.max_attempts, 'pending', 1, e.run_id, $4,
                e.parent_task_id, e.max_duration, e.cancel_deadline
           from e
       ), run as (
-        insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
-        select e.run_id, e.task_id, 1, 'pending', e.available_at, $4
+        insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+        select $13, e.run_id, e.task_id, 1, 'pending', e.available_at, $4
           from e
       )
       select array_agg(e.ord), array_agg(e.task_id), array_agg(e.run_id), bool_or(e.available_at <= $4)
-        from e$sql$, v_t, v_r)
+        from e$sql$
       into v_u_ord, v_u_task, v_u_run, v_ready
       using p_tasks, v_def_retry_strategy, v_def_max_attempts, v_now,
             v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers, v_o_available_at,
-            v_o_parent, v_o_max_delay, v_o_max_duration;
+            v_o_parent, v_o_max_delay, v_o_max_duration, p_queue_name;
   end if;
 
   -- Elements with a key: the held ones are returned, the free ones taken in
@@ -318,17 +317,17 @@ begin
      where e.elem ->> 'idempotency_key' is not null or e.elem -> 'only_once' = 'true'::jsonb;
 
     for v_try in 1 .. v_tries loop
-      execute format($sql$
+      execute $sql$
         select array_agg(t.task_name), array_agg(t.key_hash), array_agg(t.task_id),
                array_agg(t.last_attempt_run), array_agg(t.attempts), array_agg(t.state)
           from (select distinct k.task_name, k.key_hash
                   from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
                  where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
                                     where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
-          join durable.%I t on t.task_name = k.task_name and t.key_hash = k.key_hash and t.key_held
-                           and (t.key_expires_at is null or t.key_expires_at > $5)$sql$, v_t)
+          join durable.tasks t on t.queue_name = $6 and t.task_name = k.task_name and t.key_hash = k.key_hash
+                              and t.key_held and (t.key_expires_at is null or t.key_expires_at > $5)$sql$
         into v_f_name, v_f_hash, v_f_task, v_f_run, v_f_attempt, v_f_state
-        using v_k_name, v_k_hash, v_res_name, v_res_hash, v_now;
+        using v_k_name, v_k_hash, v_res_name, v_res_hash, v_now, p_queue_name;
       if v_f_name is not null then
         v_res_name := v_res_name || v_f_name;
         v_res_hash := v_res_hash || v_f_hash;
@@ -340,7 +339,7 @@ begin
       end if;
 
       -- One candidate per free-looking key, its first element, in key order.
-      execute format($sql$
+      execute $sql$
         with k as (
           select distinct on (k.task_name collate "C", k.key_hash) k.ord, k.task_name, k.key_hash
             from unnest($1::integer[], $2::text[], $3::bytea[]) k(ord, task_name, key_hash)
@@ -369,32 +368,32 @@ begin
                      key_retention)
               on o.ord = k.ord
         ), task as (
-          insert into durable.%I (task_id, task_name, params, headers, retry_strategy,
-                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,
-                                  idempotency_key, key_hash, key_held,
-                                  parent_task_id, max_duration, cancel_deadline, key_retention)
-          select c.task_id, c.task_name, c.params, c.headers, c.retry_strategy,
+          insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
+                                     max_attempts, state, attempts, last_attempt_run, enqueued_at,
+                                     idempotency_key, key_hash, key_held,
+                                     parent_task_id, max_duration, cancel_deadline, key_retention)
+          select $19, c.task_id, c.task_name, c.params, c.headers, c.retry_strategy,
                  c.max_attempts, 'pending', 1, c.run_id, $9,
                  c.idempotency_key, c.key_hash, true,
                  c.parent_task_id, c.max_duration, c.cancel_deadline, c.key_retention
             from c
            order by c.task_name collate "C", c.key_hash
-          on conflict (task_name, key_hash) where key_held do nothing
+          on conflict (queue_name, task_name, key_hash) where key_held do nothing
           returning task_id, task_name, key_hash, last_attempt_run
         ), run as (
-          insert into durable.%I (run_id, task_id, attempt, state, available_at, created_at)
-          select task.last_attempt_run, task.task_id, 1, 'pending', c.available_at, $9
+          insert into durable.runs (queue_name, run_id, task_id, attempt, state, available_at, created_at)
+          select $19, task.last_attempt_run, task.task_id, 1, 'pending', c.available_at, $9
             from task join c on c.task_id = task.task_id
         )
         select (select count(*) from k)::integer,
                array_agg(task.task_name), array_agg(task.key_hash), array_agg(task.task_id),
                array_agg(task.last_attempt_run), bool_or(c.available_at <= $9)
-          from task join c on c.task_id = task.task_id$sql$, v_t, v_r)
+          from task join c on c.task_id = task.task_id$sql$
         into v_candidates, v_f_name, v_f_hash, v_f_task, v_f_run, v_created_ready
         using v_k_ord, v_k_name, v_k_hash, v_res_name, v_res_hash, p_tasks,
               v_def_retry_strategy, v_def_max_attempts, v_now,
               v_o_ord, v_o_max_attempts, v_o_retry_strategy, v_o_headers, v_o_available_at,
-              v_o_parent, v_o_max_delay, v_o_max_duration, v_o_key_retention;
+              v_o_parent, v_o_max_delay, v_o_max_duration, v_o_key_retention, p_queue_name;
       v_ready := coalesce(v_ready, false) or coalesce(v_created_ready, false);
       if v_f_name is not null then
         v_res_name := v_res_name || v_f_name;
@@ -413,20 +412,21 @@ begin
       -- Keys still held: by concurrent spawners (the next lookup finds them),
       -- or by finished tasks whose retention has expired: release those, in
       -- key order.
-      execute format($sql$
-        update durable.%1$I t set key_held = false, key_expires_at = null
+      execute $sql$
+        update durable.tasks t set key_held = false, key_expires_at = null
          where t.task_id = any (array(
                  select h.task_id
                    from (select distinct k.task_name, k.key_hash
                            from unnest($1::text[], $2::bytea[]) k(task_name, key_hash)
                           where not exists (select from unnest($3::text[], $4::bytea[]) r(task_name, key_hash)
                                              where r.task_name = k.task_name and r.key_hash = k.key_hash)) k
-                   join durable.%1$I h on h.task_name = k.task_name and h.key_hash = k.key_hash and h.key_held
+                   join durable.tasks h on h.queue_name = $6 and h.task_name = k.task_name
+                                       and h.key_hash = k.key_hash and h.key_held
                                       and case when h.key_expires_at is null then false else h.key_expires_at <= $5 end
                   order by h.task_name collate "C", h.key_hash
                     for no key update of h))
-           and t.key_held and t.key_expires_at <= $5$sql$, v_t)
-        using v_k_name, v_k_hash, v_res_name, v_res_hash, v_now;
+           and t.key_held and t.key_expires_at <= $5$sql$
+        using v_k_name, v_k_hash, v_res_name, v_res_hash, v_now, p_queue_name;
     end loop;
     if not v_done then
       raise exception 'could not spawn % tasks in queue %: their keys changed hands % times in a row',
