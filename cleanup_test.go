@@ -57,8 +57,8 @@ func TestCleanupTasksDeletesOnlyWhatItMay(t *testing.T) {
 	exSetCheckpoint(t, tx, q, a.task, a.run, "step", `{"done": 1}`)
 	completeRun(t, tx, q, a.run, `"a"`)
 	// A leftover wait row of a finished task goes with it too.
-	mustExec(t, tx, fmt.Sprintf(`insert into %s (task_id, step_name, run_id, event_name, timeout_at, created_at)
-		values ($1, 'w', $2, 'some-event', 'infinity', $3)`, tableName("w_", q)), a.task, a.run, t0)
+	mustExec(t, tx, `insert into durable.waits (queue_name, task_id, step_name, run_id, event_name, timeout_at, created_at)
+		values ($1, $2, 'w', $3, 'some-event', 'infinity', $4)`, q, a.task, a.run, t0)
 
 	b := exStart(t, tx, q, `{"max_attempts": 2, "retry_strategy": {"kind": "none"}}`)
 	failRun(t, tx, q, b.run, `{"message": "1"}`)

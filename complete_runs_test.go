@@ -62,20 +62,6 @@ func crBatch(runs []durable.UUID, results ...string) string {
 	return "[" + strings.Join(elems, ", ") + "]"
 }
 
-// crTaskRows returns the task's row and its runs' rows with their xmin, as
-// JSON text: equal texts mean that nothing was written in between.
-func crTaskRows(t testing.TB, db dbtx, q string, task durable.UUID) string {
-	t.Helper()
-	var s string
-	require.NoError(t, db.QueryRow(context.Background(), fmt.Sprintf(`
-		select jsonb_build_object(
-		  'task', (select jsonb_build_object('row', to_jsonb(t), 'xmin', t.xmin::text) from %s t where t.task_id = $1),
-		  'runs', (select jsonb_agg(jsonb_build_object('row', to_jsonb(r), 'xmin', r.xmin::text) order by r.attempt)
-		             from %s r where r.task_id = $1))::text`,
-		tableName("t_", q), tableName("r_", q)), task).Scan(&s))
-	return s
-}
-
 // TestCompleteRunsReportsEachRun: one batch of seven runs completes the two
 // that are running with a live lease and reports each other one with the code
 // complete_run raises for it, in input order, leaving their rows untouched.
@@ -107,7 +93,7 @@ func TestCompleteRunsReportsEachRun(t *testing.T) {
 	untouched := []exStarted{cancelled, expired, finished, failed}
 	before := make([]string, len(untouched))
 	for i, s := range untouched {
-		before[i] = crTaskRows(t, tx, q, s.task)
+		before[i] = taskRows(t, tx, q, s.task)
 	}
 	rows := completeRuns(t, tx, q, crBatch(
 		[]durable.UUID{ok1.run, cancelled.run, expired.run, unknown, finished.run, failed.run, ok2.run},
@@ -131,7 +117,7 @@ func TestCompleteRunsReportsEachRun(t *testing.T) {
 		}
 	}
 	for i, s := range untouched {
-		require.Equal(t, before[i], crTaskRows(t, tx, q, s.task), "task %d was written", i)
+		require.Equal(t, before[i], taskRows(t, tx, q, s.task), "task %d was written", i)
 	}
 
 	for _, c := range []struct {

@@ -1091,7 +1091,7 @@ func TestExecParentEndCancelsChildren(t *testing.T) {
 			greatGrandchild := childOf(grandchild.TaskID, "", `, "available_at": "2100-01-01T00:00:00Z"`)
 			orphanOfDone := childOf(doneChild.TaskID, "", `, "available_at": "2100-01-01T00:00:00Z"`)
 			unrelated := spawn(t, tx, spawnCall{queue: q, task: "t", options: later})
-			doneBefore := exTaskRows(t, tx, q, doneChild.TaskID)
+			doneBefore := taskRows(t, tx, q, doneChild.TaskID)
 
 			setNow(t, tx, t0.Add(10*time.Second)) // within the parent's lease
 			tc.end(t, tx, q, p)
@@ -1116,7 +1116,7 @@ func TestExecParentEndCancelsChildren(t *testing.T) {
 				require.Zero(t, countRows(t, tx, "r_", q, "task_id = $1 and state in ('pending', 'running', 'sleeping')", c.task))
 				require.Equal(t, "false", *taskField(t, tx, q, c.task, "key_held"))
 			}
-			require.Equal(t, doneBefore, exTaskRows(t, tx, q, doneChild.TaskID), "a finished child was touched")
+			require.Equal(t, doneBefore, taskRows(t, tx, q, doneChild.TaskID), "a finished child was touched")
 			require.Equal(t, "pending", *taskField(t, tx, q, orphanOfDone.TaskID, "state"))
 			require.Equal(t, "pending", *taskField(t, tx, q, unrelated.TaskID, "state"))
 			requireFails(t, tx, "QD013", "select durable.complete_run($1, $2, '1')", q, runningChild.RunID)
@@ -1124,19 +1124,6 @@ func TestExecParentEndCancelsChildren(t *testing.T) {
 			exKeyFree(t, tx, q, "k-running")
 		})
 	}
-}
-
-// exTaskRows returns a task row and its runs, with xmin, as JSON text.
-func exTaskRows(t testing.TB, db dbtx, q string, task durable.UUID) string {
-	t.Helper()
-	var s string
-	require.NoError(t, db.QueryRow(context.Background(), fmt.Sprintf(`
-		select jsonb_build_object(
-		  'task', (select jsonb_build_object('row', to_jsonb(t), 'xmin', t.xmin::text) from %s t where t.task_id = $1),
-		  'runs', (select jsonb_agg(jsonb_build_object('row', to_jsonb(r), 'xmin', r.xmin::text) order by r.run_id)
-		             from %s r where r.task_id = $1))::text`,
-		tableName("t_", q), tableName("r_", q)), task).Scan(&s))
-	return s
 }
 
 // TestExecChildFoundByKey: a child spawn whose key a live task holds returns
@@ -1394,9 +1381,10 @@ func TestExecMaxDuration(t *testing.T) {
 	}
 }
 
-// TestExecDeadlineSweepUsesIndex: the deadline sweep of claim_task reads the
-// partial index t_<queue>_deadline, in deadline order, not the 2,000 tasks
-// without deadlines.
+// TestExecDeadlineSweepUsesIndex: the deadline sweep of claim_task, planned
+// as claim_task plans it (a generic plan, with claim_task's settings), reads
+// the partial index tasks_deadline for the queue, in deadline order, not the
+// 2,000 tasks without deadlines.
 func TestExecDeadlineSweepUsesIndex(t *testing.T) {
 	t.Parallel()
 	tx := testdb.Tx(t)
@@ -1404,15 +1392,27 @@ func TestExecDeadlineSweepUsesIndex(t *testing.T) {
 	mustExec(t, tx, "select durable.spawn_task($1, 't', jsonb_build_object('i', i)) from generate_series(1, 2000) i", q)
 	mustExec(t, tx, `select durable.spawn_task($1, 't', jsonb_build_object('i', i), false, null,
 	                   jsonb_build_object('max_delay', i * 10)) from generate_series(1, 5) i`, q)
-	mustExec(t, tx, "analyze "+tableName("t_", q))
-	rows, err := tx.Query(context.Background(), fmt.Sprintf(
-		"explain select task_id from %s where cancel_deadline <= now() order by cancel_deadline limit 100", tableName("t_", q)))
+	mustExec(t, tx, "analyze durable.tasks")
+	var settings []string
+	require.NoError(t, tx.QueryRow(context.Background(),
+		"select proconfig from pg_proc where oid = 'durable.claim_task(text, text, integer, integer)'::regprocedure").Scan(&settings))
+	for _, setting := range settings {
+		name, value, _ := strings.Cut(setting, "=")
+		mustExec(t, tx, "select set_config($1, $2, true)", name, value)
+	}
+	require.Contains(t, settings, "plan_cache_mode=force_generic_plan")
+	stmt := "deadline_sweep_" + q
+	mustExec(t, tx, "prepare "+stmt+` (text, timestamptz) as
+		select t.task_id, t.first_started_at from durable.tasks t
+		 where t.queue_name = $1 and t.cancel_deadline <= $2 order by t.cancel_deadline limit 100`)
+	t.Cleanup(func() { _, _ = tx.Exec(context.Background(), "deallocate "+stmt) })
+	rows, err := tx.Query(context.Background(), "explain execute "+stmt+"('"+q+"', now())")
 	require.NoError(t, err)
 	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
 	plan := strings.Join(lines, "\n")
-	require.Contains(t, plan, "Index Scan using t_"+q+"_deadline", plan)
-	require.Contains(t, plan, "Index Cond: (cancel_deadline <=", plan)
+	require.Contains(t, plan, "Index Scan using tasks_deadline", plan)
+	require.Contains(t, plan, "Index Cond: ((queue_name = $1) AND (cancel_deadline <= $2))", plan)
 	require.NotContains(t, plan, "Seq Scan", plan)
 	require.NotContains(t, plan, "Sort", plan) // the index gives the order
 }

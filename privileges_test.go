@@ -346,14 +346,15 @@ func privOps() []privOp {
 		{"cleanup_all", "durable_admin", none, "select * from durable.cleanup_all(10)"},
 
 		{"internal _require_queue", "", queueOnly, "select durable._require_queue($1)"},
-		{"internal _prepared", "", queueOnly, "select durable._prepared($1, 'x', '(integer)', 'select $1')"},
 		{"internal _cancel_task", "", spawned, `select durable._cancel_task($1, $2, '{}', '2030-01-01', false)`},
 		{"internal _grant_roles", "", none, "select durable._grant_roles()"},
-		{"select from the task table", "", none, "select task_id from durable.t_priv"},
-		{"insert into the run table", "", none, "insert into durable.r_priv (run_id) values ('4d7c4c4e-0000-4000-8000-000000000000')"},
+		{"select from the task table", "", none, "select task_id from durable.tasks"},
+		{"select from a queue's task view", "", none, "select task_id from durable.t_priv"},
+		{"insert into the run table", "", none, "insert into durable.runs (run_id) values ('4d7c4c4e-0000-4000-8000-000000000000')"},
 		{"update the queue list", "", none, "update durable.queues set created_at = '2030-01-01'"},
-		{"delete from the event table", "", none, "delete from durable.e_priv"},
-		{"truncate the wait table", "", none, "truncate durable.w_priv"},
+		{"delete from the event table", "", none, "delete from durable.events"},
+		{"update a queue's checkpoint view", "", none, "update durable.c_priv set attempt = 0"},
+		{"truncate the wait table", "", none, "truncate durable.waits"},
 		{"read the schema version", "", none, "select version from durable.schema_version"},
 	}
 }

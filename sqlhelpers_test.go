@@ -2,8 +2,8 @@ package durable_test
 
 // Helpers shared by the SQL-semantics tests (spawn_test.go, lifecycle_test.go,
 // badinput_test.go). They call the durable functions through plain SQL, move
-// the fake clock, and read the private tables durable.t_<queue> and
-// durable.r_<queue> to check invariants.
+// the fake clock, and read the queue's rows (through the views durable.t_<queue>
+// and durable.r_<queue>, or the shared tables) to check invariants.
 
 import (
 	"context"
@@ -241,13 +241,28 @@ func countRuns(t testing.TB, db dbtx, queue string) int {
 func queueSnapshot(t testing.TB, db dbtx, queue string) string {
 	t.Helper()
 	var s string
-	require.NoError(t, db.QueryRow(context.Background(), fmt.Sprintf(`
+	require.NoError(t, db.QueryRow(context.Background(), `
 		select jsonb_build_object(
 		  'tasks', (select coalesce(jsonb_agg(jsonb_build_object('row', to_jsonb(t), 'xmin', t.xmin::text)
-		                                      order by t.task_id), '[]') from %s t),
+		                                      order by t.task_id), '[]') from durable.tasks t where t.queue_name = $1),
 		  'runs', (select coalesce(jsonb_agg(jsonb_build_object('row', to_jsonb(r), 'xmin', r.xmin::text)
-		                                     order by r.run_id), '[]') from %s r))::text`,
-		tableName("t_", queue), tableName("r_", queue))).Scan(&s))
+		                                     order by r.run_id), '[]') from durable.runs r where r.queue_name = $1))::text`,
+		queue).Scan(&s))
+	return s
+}
+
+// taskRows returns a task's row and its runs' rows with their xmin, as JSON
+// text: equal texts mean that nothing was written to them in between.
+func taskRows(t testing.TB, db dbtx, q string, task durable.UUID) string {
+	t.Helper()
+	var s string
+	require.NoError(t, db.QueryRow(context.Background(), `
+		select jsonb_build_object(
+		  'task', (select jsonb_build_object('row', to_jsonb(t), 'xmin', t.xmin::text)
+		             from durable.tasks t where t.task_id = $1 and t.queue_name = $2),
+		  'runs', (select jsonb_agg(jsonb_build_object('row', to_jsonb(r), 'xmin', r.xmin::text) order by r.attempt)
+		             from durable.runs r where r.task_id = $1 and r.queue_name = $2))::text`,
+		task, q).Scan(&s))
 	return s
 }
 
