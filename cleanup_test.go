@@ -267,99 +267,128 @@ func TestCleanupAllAppliesPolicies(t *testing.T) {
 // scanCounts is what this transaction has read from a table so far.
 type scanCounts struct{ seqScans, idxScans, idxFetched int64 }
 
-func tableScans(t testing.TB, db dbtx, prefix, q string) scanCounts {
+// sharedTables are the tables every queue's rows live in (migration 010).
+var sharedTables = []string{"tasks", "runs", "checkpoints", "events", "waits"}
+
+// tableScans is what this transaction has read from durable.<table>.
+func tableScans(t testing.TB, db dbtx, table string) scanCounts {
 	t.Helper()
 	var s scanCounts
 	require.NoError(t, db.QueryRow(context.Background(), `
 		select coalesce(seq_scan, 0), coalesce(idx_scan, 0), coalesce(idx_tup_fetch, 0)
 		  from pg_stat_xact_user_tables where relid = $1::regclass`,
-		"durable."+pgx.Identifier{prefix + q}.Sanitize()).Scan(&s.seqScans, &s.idxScans, &s.idxFetched))
+		pgx.Identifier{"durable", table}.Sanitize()).Scan(&s.seqScans, &s.idxScans, &s.idxFetched))
 	return s
+}
+
+// indexScans is how many scans of the index durable.<index> this transaction
+// has started.
+func indexScans(t testing.TB, db dbtx, index string) int64 {
+	t.Helper()
+	var n int64
+	require.NoError(t, db.QueryRow(context.Background(), "select pg_stat_get_xact_numscans($1::regclass)",
+		pgx.Identifier{"durable", index}.Sanitize()).Scan(&n))
+	return n
 }
 
 // TestCleanupIsIndexDriven: on a queue of 2,500 live tasks, 2,500 recently
 // finished ones, 2,500 retained ones and 300 old finished ones (with their
-// events), a cleanup_tasks and a cleanup_events of 100 read no table
-// sequentially and fetch a bounded number of rows through indexes (never
-// the live or recent tasks); a spawn that finds a retained task reads its
-// key index only; and the plans of the retention lookup and the takeover
-// name the key index.
+// events), beside a neighbour queue of 2,500 tasks and 2,500 events all older
+// still, in the shared tables, a cleanup_tasks and a cleanup_events of 100
+// read no shared table sequentially and fetch a bounded number of rows
+// through indexes from each (never the live or recent tasks, never the
+// neighbour's rows, which an index not led by the queue would reach first);
+// a spawn that finds a retained task reads its key index only, one row; and
+// a takeover of an expired key goes through the key index, never the
+// queue's index of expiring keys.
 func TestCleanupIsIndexDriven(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	tx := testdb.Tx(t)
+	// A database of its own: ANALYZE of the shared tables inside the
+	// transaction would otherwise hold their locks against the other tests,
+	// and its row counts outlive the rollback.
+	tx, err := testdb.ClonePool(t, 1).Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 	setNow(t, tx, t0)
+	neighbour := newQueue(t, tx)
 	q := newQueue(t, tx)
-	spawnMany := func(n int, options string) {
+	spawnMany := func(queue string, n int, options string) {
 		mustExec(t, tx, `select count(*) from durable.spawn_tasks($1, (select jsonb_agg(jsonb_build_object(
 			'task_name', 't', 'idempotency_key', $2 || i, 'options', $3::text::jsonb)) from generate_series(1, $4) i))`,
-			q, fmt.Sprintf("k%d-", countTasks(t, tx, q)), options, n)
+			queue, fmt.Sprintf("k%d-", countTasks(t, tx, queue)), options, n)
 	}
-	finishAll := func() {
+	finishAll := func(queue string) {
 		mustExec(t, tx, `select count(*) from durable.complete_runs($1,
-			(select jsonb_agg(jsonb_build_object('run_id', c.run_id)) from durable.claim_task($1, 'w', 60, 10000) c))`, q)
+			(select jsonb_agg(jsonb_build_object('run_id', c.run_id)) from durable.claim_task($1, 'w', 60, 10000) c))`, queue)
 	}
-	spawnMany(300, `{}`)
-	finishAll()
+	setNow(t, tx, t0.Add(-time.Hour))
+	spawnMany(neighbour, 2500, `{}`)
+	finishAll(neighbour)
+	mustExec(t, tx, "select durable.emit_event($1, 'old-' || i) from generate_series(1, 2500) i", neighbour)
+	setNow(t, tx, t0)
+	spawnMany(q, 300, `{}`)
+	finishAll(q)
 	mustExec(t, tx, "select durable.emit_event($1, 'old-' || i) from generate_series(1, 300) i", q)
 	setNow(t, tx, t0.Add(2*time.Hour))
-	spawnMany(2500, `{"key_retention_seconds": "forever"}`)
-	finishAll()
-	spawnMany(2500, `{}`)
-	finishAll()
+	spawnMany(q, 2500, `{"key_retention_seconds": "forever"}`)
+	finishAll(q)
+	spawnMany(q, 2500, `{}`)
+	finishAll(q)
 	mustExec(t, tx, "select durable.emit_event($1, 'new-' || i) from generate_series(1, 2500) i", q)
-	spawnMany(2500, `{}`) // live
-	mustExec(t, tx, "analyze "+tableName("t_", q))
-	mustExec(t, tx, "analyze "+tableName("r_", q))
-	mustExec(t, tx, "analyze "+tableName("e_", q))
+	spawnMany(q, 2500, `{}`) // live
+	for _, table := range sharedTables {
+		mustExec(t, tx, "analyze "+pgx.Identifier{"durable", table}.Sanitize())
+	}
 
-	prefixes := []string{"t_", "r_", "c_", "e_", "w_"}
 	before := map[string]scanCounts{}
-	for _, p := range prefixes {
-		before[p] = tableScans(t, tx, p, q)
+	for _, table := range sharedTables {
+		before[table] = tableScans(t, tx, table)
 	}
 	require.Equal(t, 100, cleanupTasks(t, tx, q, 3600, 100))
 	require.Equal(t, 100, cleanupEvents(t, tx, q, 3600, 100))
-	for _, p := range prefixes {
-		after := tableScans(t, tx, p, q)
-		require.Equal(t, before[p].seqScans, after.seqScans, "cleanup read %s%s sequentially", p, q)
+	for _, table := range sharedTables {
+		after := tableScans(t, tx, table)
+		require.Equal(t, before[table].seqScans, after.seqScans, "cleanup read durable.%s sequentially", table)
 		// 100 deleted rows (plus their runs) and the probes for waits: never
-		// the 7,500 other tasks.
-		require.LessOrEqual(t, after.idxFetched-before[p].idxFetched, int64(400), "%s%s", p, q)
+		// the 7,500 other tasks of the queue nor the neighbour's 2,500 tasks
+		// and 2,500 events.
+		require.LessOrEqual(t, after.idxFetched-before[table].idxFetched, int64(400), "durable.%s", table)
 	}
+	require.Equal(t, 2500, countTasks(t, tx, neighbour), "the neighbour's tasks are not the queue's")
+	require.Equal(t, 2500, countRows(t, tx, "e_", neighbour, ""), "nor its events")
 
 	// A spawn that gets a retained task back reads the key index only.
-	before["t_"] = tableScans(t, tx, "t_", q)
+	tasksBefore, keyBefore := tableScans(t, tx, "tasks"), indexScans(t, tx, "tasks_key")
 	again := spawn(t, tx, spawnCall{queue: q, task: "t", params: str(`{}`), key: str("k300-1")})
 	require.False(t, again.Created)
 	require.Equal(t, "completed", again.State)
-	after := tableScans(t, tx, "t_", q)
-	require.Equal(t, before["t_"].seqScans, after.seqScans)
-	require.Equal(t, before["t_"].idxFetched+1, after.idxFetched)
+	tasksAfter, keyAfter := tableScans(t, tx, "tasks"), indexScans(t, tx, "tasks_key")
+	require.Equal(t, tasksBefore.seqScans, tasksAfter.seqScans)
+	require.Equal(t, keyBefore+1, keyAfter, "one lookup in tasks_key")
+	require.Equal(t, tasksBefore.idxScans+1, tasksAfter.idxScans, "and no other index of durable.tasks")
+	require.Equal(t, tasksBefore.idxFetched+1, tasksAfter.idxFetched)
 
-	// A takeover of an expired key (which prepares the release statement),
-	// then the plans of the session's prepared lookup and release.
+	// A takeover of an expired key: the lookup skips the expired holder, the
+	// insert conflicts with it, and the release finds it through the key
+	// index, as the generic plans of spawn_task (plan_cache_mode =
+	// force_generic_plan) must, never through tasks_key_expiry, which holds
+	// every retained key of the queue (2,500 here).
 	expiring := spawn(t, tx, spawnCall{queue: q, task: "t", params: str(`{}`), key: str("expiring"),
 		options: `{"key_retention_seconds": 1}`})
 	require.Equal(t, "cancelled", cancelTask(t, tx, q, expiring.TaskID))
 	setNow(t, tx, t0.Add(3*time.Hour))
-	require.True(t, spawn(t, tx, spawnCall{queue: q, task: "t", params: str(`{}`), key: str("expiring")}).Created)
-	mustExec(t, tx, "set local plan_cache_mode = force_generic_plan") // as in spawn_task
-	for _, stmt := range []string{"key_holder", "release_key"} {
-		var name string
-		require.NoError(t, tx.QueryRow(ctx, "select 'durable_' || $1::text || '_' || md5($2::text)", stmt, q).Scan(&name))
-		rows, err := tx.Query(ctx, fmt.Sprintf("explain execute %s('t', '\\x00', '%s')",
-			pgx.Identifier{name}.Sanitize(), t0.Format(time.RFC3339)))
-		require.NoError(t, err, stmt)
-		plan := ""
-		for rows.Next() {
-			var line string
-			require.NoError(t, rows.Scan(&line))
-			plan += line + "\n"
-		}
-		require.NoError(t, rows.Err())
-		require.Contains(t, plan, "Index Scan using t_"+q+"_key on t_"+q+" ", "%s:\n%s", stmt, plan)
-	}
+	tasksBefore, keyBefore = tableScans(t, tx, "tasks"), indexScans(t, tx, "tasks_key")
+	expiryBefore := indexScans(t, tx, "tasks_key_expiry")
+	taken := spawn(t, tx, spawnCall{queue: q, task: "t", params: str(`{}`), key: str("expiring")})
+	require.True(t, taken.Created)
+	require.NotEqual(t, expiring.TaskID, taken.TaskID)
+	tasksAfter, keyAfter = tableScans(t, tx, "tasks"), indexScans(t, tx, "tasks_key")
+	require.Equal(t, tasksBefore.seqScans, tasksAfter.seqScans)
+	require.Equal(t, expiryBefore, indexScans(t, tx, "tasks_key_expiry"), "the takeover read tasks_key_expiry")
+	require.GreaterOrEqual(t, keyAfter-keyBefore, int64(2), "the lookups and the release read tasks_key")
+	require.Equal(t, keyAfter-keyBefore, tasksAfter.idxScans-tasksBefore.idxScans, "and no other index of durable.tasks")
+	require.LessOrEqual(t, tasksAfter.idxFetched-tasksBefore.idxFetched, int64(10))
 }
 
 // TestCleanupSkipsLockedTasks: a cleanup never waits for a task another
@@ -517,9 +546,13 @@ func TestCleanupConcurrentWithSpawns(t *testing.T) {
 	require.Equal(t, keys, countRows(t, pool, "t_", q, "key_held"))
 }
 
-// Migration 007 gives queues made before it (at version 4 or older) the key retention columns and
-// the cleanup indexes: their finished tasks are cleaned and their keys can be
-// retained.
+// TestOperationsMigrationUpgradesOldQueues: a queue made at version 4 (before
+// migration 007 gave queues the key retention columns and the cleanup
+// indexes, and before migration 010 moved every queue's rows into the shared
+// tables) comes through the upgrade with its rows, now in durable.tasks,
+// runs and events behind the views t_old, r_old and e_old; the shared tables
+// carry the cleanup indexes; its finished tasks and events are cleaned and
+// its keys can be retained.
 func TestOperationsMigrationUpgradesOldQueues(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -528,20 +561,52 @@ func TestOperationsMigrationUpgradesOldQueues(t *testing.T) {
 	mustExec(t, conn, "select durable.create_queue('old')")
 	setNow(t, conn, t0)
 	old := spawn(t, conn, spawnCall{queue: "old", task: "t", params: str(`{}`), key: str("k")})
-	completeRun(t, conn, "old", claimOne(t, conn, "old").RunID, `1`)
+	oldRun := claimOne(t, conn, "old").RunID
+	completeRun(t, conn, "old", oldRun, `1`)
 	exEmit(t, conn, "old", "e", `1`)
 
 	require.NoError(t, durable.Migrate(ctx, conn, nil))
-	for _, index := range []string{"t_old_finished", "t_old_key_expiry", "e_old_emitted"} {
-		require.Equal(t, 1, countIn(t, conn, "select count(*) from pg_indexes where schemaname = 'durable' and indexname = $1", index), index)
+	// The rows moved into the shared tables, keyed by the queue.
+	require.Equal(t, 1, countIn(t, conn, `select count(*) from durable.tasks
+		where queue_name = 'old' and task_id = $1 and state = 'completed' and result = '1'
+		  and idempotency_key = 'k' and not key_held and finished_at is not null and key_expires_at is null`, old.TaskID))
+	require.Equal(t, 1, countIn(t, conn, `select count(*) from durable.runs
+		where queue_name = 'old' and run_id = $1 and task_id = $2 and state = 'completed'`, oldRun, old.TaskID))
+	require.Equal(t, 1, countIn(t, conn, `select count(*) from durable.events
+		where queue_name = 'old' and event_name = 'e' and payload = '1'`))
+	require.Equal(t, 1, countIn(t, conn, "select count(*) from durable.tasks"))
+	require.Equal(t, 1, countIn(t, conn, "select count(*) from durable.runs"))
+	require.Equal(t, 1, countIn(t, conn, "select count(*) from durable.events"))
+	// The queue's tables are gone: its names are views of its rows.
+	for _, prefix := range []string{"t_", "r_", "c_", "e_", "w_"} {
+		require.Equal(t, 1, countIn(t, conn, `select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+			where n.nspname = 'durable' and c.relname = $1 and c.relkind = 'v'`, prefix+"old"), prefix+"old")
 	}
+	require.Equal(t, 0, countIn(t, conn, `select count(*) from pg_indexes where schemaname = 'durable'
+		and (tablename like '%\_old' or indexname like '%\_old\_%')`), "indexes of the old tables are left")
+	require.Equal(t, 1, rowsOfTasks(t, conn, "t_", "old", old.TaskID))
+	require.Equal(t, 1, countRows(t, conn, "e_", "old", ""))
+	// The cleanup indexes, led by the queue, on the shared tables.
+	for _, index := range []struct{ table, name, columns string }{
+		{"tasks", "tasks_finished", "(queue_name, finished_at) WHERE ((finished_at IS NOT NULL) AND (NOT key_held))"},
+		{"tasks", "tasks_key_expiry", "(queue_name, key_expires_at) WHERE (key_expires_at IS NOT NULL)"},
+		{"events", "events_emitted", "(queue_name, emitted_at)"},
+	} {
+		var def string
+		require.NoError(t, conn.QueryRow(ctx, `select indexdef from pg_indexes
+			where schemaname = 'durable' and tablename = $1 and indexname = $2`, index.table, index.name).Scan(&def), index.name)
+		require.Contains(t, def, "USING btree "+index.columns, index.name)
+	}
+
 	setNow(t, conn, t0.Add(time.Hour))
 	retained := spawn(t, conn, spawnCall{queue: "old", task: "t", params: str(`{}`), key: str("k"),
 		options: `{"key_retention_seconds": 60}`})
 	require.True(t, retained.Created)
 	require.Equal(t, 1, cleanupTasks(t, conn, "old", 60, 10))
 	require.Equal(t, 0, rowsOfTasks(t, conn, "t_", "old", old.TaskID))
+	require.Equal(t, 0, countIn(t, conn, "select count(*) from durable.runs where run_id = $1", oldRun))
 	require.Equal(t, 1, cleanupEvents(t, conn, "old", 60, 10))
+	require.Equal(t, 0, countIn(t, conn, "select count(*) from durable.events where queue_name = 'old'"))
 	require.Equal(t, "cancelled", cancelTask(t, conn, "old", retained.TaskID))
 	again := spawn(t, conn, spawnCall{queue: "old", task: "t", params: str(`{}`), key: str("k")})
 	require.Equal(t, retained.TaskID, again.TaskID)

@@ -1,7 +1,7 @@
 package durable_test
 
 // Privileges: the roles durable_producer, durable_worker and durable_admin
-// (migration 005, sql/functions/_grant_roles.sql). Login roles are created per
+// (migration 008, sql/functions/_grant_roles.sql). Login roles are created per
 // test (roles belong to the cluster, so their names carry the test binary's
 // pid) and connect with a password, so that session_user is the login role
 // itself, as in production.
@@ -273,9 +273,10 @@ var privQueueSeq atomic.Int64
 type privSetup = func(t *testing.T, owner *pgx.Conn, queue string) []any
 
 // privOps covers every public function (each with arguments that succeed for
-// a role allowed to call it), some internal helpers and the tables. The
-// statements use no operator and no unqualified function, so that an
-// attacker's search_path cannot change them.
+// a role allowed to call it), some internal helpers, the shared tables and a
+// queue's views (t_<queue>, c_<queue>, ...). The statements use no operator
+// and no unqualified function, so that an attacker's search_path cannot
+// change them.
 func privOps() []privOp {
 	queueOnly := func(t *testing.T, owner *pgx.Conn, queue string) []any { return []any{queue} }
 	none := func(t *testing.T, owner *pgx.Conn, queue string) []any { return nil }
@@ -363,8 +364,8 @@ var roleLevel = map[string]int{"": 0, "durable_producer": 1, "durable_worker": 2
 
 // Each role can do its job and nothing more: a login role granted
 // durable_producer, durable_worker or durable_admin (or none of them) calls
-// every public function, some internal helpers and the tables; what its role
-// allows succeeds, everything else fails with 42501.
+// every public function, some internal helpers, the tables and a queue's
+// views; what its role allows succeeds, everything else fails with 42501.
 func TestRolesDoTheirJobAndNothingMore(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -396,7 +397,7 @@ func TestRolesDoTheirJobAndNothingMore(t *testing.T) {
 		}
 	}
 	require.Equal(t, map[string]int{"durable_producer": 9, "durable_worker": 22, "durable_admin": 30}, allowed,
-		"calls that succeeded per role (the other %d of each were refused)", len(privOps()))
+		"calls that succeeded per role, of %d each (the others were refused)", len(privOps()))
 }
 
 // requireDenied asserts that err is 42501 (insufficient_privilege).
@@ -427,7 +428,8 @@ func attackerSchema(t *testing.T, owner *pgx.Conn, schema, role string) {
 
 // evilSearchPathSQL creates, in schema attack, operators and functions named
 // like pg_catalog's that report (as a NOTICE, with the user they run as) and
-// then do what the real ones do, and temporary tables named like durable's.
+// then do what the real ones do, and temporary tables named like durable's
+// (the shared tables, and the view of the queue priv).
 func evilSearchPathSQL() string {
 	var b strings.Builder
 	b.WriteString(`create function attack.hit(p_what text) returns void language plpgsql as $f$
@@ -488,7 +490,12 @@ begin
   perform pg_catalog.pg_advisory_xact_lock($1);
 end $f$;
 create temp table queues (queue_name text, created_at timestamptz);
-create temp table t_hijack (task_id uuid);
+create temp table tasks (queue_name text, task_id uuid);
+create temp table runs (queue_name text, run_id uuid);
+create temp table checkpoints (queue_name text, task_id uuid);
+create temp table events (queue_name text, event_name text);
+create temp table waits (queue_name text, task_id uuid);
+create temp table t_priv (task_id uuid);
 `)
 	return b.String()
 }
@@ -556,18 +563,47 @@ end $f$`)
 	require.Empty(t, hijacks(seen))
 }
 
+// statementName is the name durable._prepared (dropped by migration 010) gave
+// a queue's session prepared statement.
 func statementName(statement, queue string) string {
 	sum := md5.Sum([]byte(queue))
 	return "durable_" + statement + "_" + hex.EncodeToString(sum[:])
 }
 
-// A login role cannot make a definer function run a statement of its own
-// through durable._prepared's session prepared statements: not by preparing
-// the name first (with the durable.prepared.<name> setting forged), not by
-// deallocating ours and preparing its own in its place, not with our exact
-// text prepared under a search_path of its operators or of its types; and it
-// cannot run our statements itself to get around the functions.
-func TestPreparedStatementsCannotBeHijacked(t *testing.T) {
+// oldStatements are the session prepared statements, with their parameter
+// types, that the functions ran through durable._prepared before migration
+// 010 made every statement static.
+var oldStatements = []struct{ name, types string }{
+	{"deadlines", "(timestamptz)"},
+	{"expired", "(timestamptz)"},
+	{"claim", "(timestamptz, integer, text, integer)"},
+	{"extend_by_id", "(uuid, timestamptz, integer)"},
+	{"complete_run_by_id", "(uuid, timestamptz)"},
+	{"finish_task", "(uuid, jsonb, timestamptz)"},
+	{"complete_runs", "(uuid[], timestamptz)"},
+	{"complete_runs_why", "(uuid[], timestamptz)"},
+	{"key_holder", "(text, bytea, timestamptz)"},
+	{"release_key", "(text, bytea, timestamptz)"},
+	{"unwait", "(uuid[])"},
+	{"wake", "(text[], timestamptz)"},
+}
+
+// A login role's session prepared statements never run inside a definer
+// function, and the functions leave no prepared statement of their own in the
+// session. Until migration 010 the functions ran session prepared statements
+// named durable_<statement>_<md5(queue)> (durable._prepared), which a role
+// could try to take over. A worker does all it could then: prepares every one
+// of those names to call its own function, forges the
+// durable.prepared.<name> settings that said "already prepared", and calls
+// the functions under its default search_path, under one of its operators and
+// functions (before pg_temp and pg_catalog) and under one of its domain types.
+// Each time claim_task returns the owner's new task, extend_claim,
+// get_task_checkpoint_states and complete_run act on that run, and none of the
+// role's code runs; spawning with a key and complete_runs (the other old
+// names) run none either. Afterwards the session's prepared statements are
+// exactly the role's own, untouched. The controls show that the role's
+// statements, operators and types do run its code when used.
+func TestRolePreparedStatementsNeverRun(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	worker := loginRole(t, "preparer", "durable_worker")
@@ -576,15 +612,11 @@ func TestPreparedStatementsCannotBeHijacked(t *testing.T) {
 	attackerSchema(t, owner, "attack", worker)
 	attackerSchema(t, owner, "attack_types", worker)
 	mustExec(t, owner, "select durable.create_queue('prep')")
-	name := statementName("claim", "prep")
 	seen := &notices{}
 	as := connectAs(t, db, worker, seen)
-	mustExec(t, as, `create function attack.evil_claim(timestamptz, integer, text, integer)
-returns table (run_id uuid, task_id uuid, attempt integer, task_name text, params jsonb, headers jsonb,
-               max_attempts integer, claim_expires_at timestamptz)
-language plpgsql as $f$
+	mustExec(t, as, `create function attack.evil(p_statement text) returns void language plpgsql as $f$
 begin
-  raise notice 'hijacked: evil_claim ran as %', current_user;
+  raise notice 'hijacked: statement % ran as %', p_statement, current_user;
 end $f$`)
 	mustExec(t, as, evilSearchPathSQL())
 	mustExec(t, as, `create function attack_types.spy(timestamptz) returns boolean language plpgsql as $f$
@@ -593,90 +625,126 @@ begin
   return true;
 end $f$;
 create domain attack_types.timestamptz as pg_catalog.timestamptz check (attack_types.spy(value))`)
-	evil := fmt.Sprintf("prepare %s (timestamptz, integer, text, integer) as select * from attack.evil_claim($1, $2, $3, $4)", name)
 
-	// claimOwn spawns a task as the owner and claims as the role: the claim
-	// must return that task, and no attacker code may have run.
-	claimOwn := func(label string) {
+	// The role's statements under every old name, each with the setting that
+	// told _prepared it was already prepared.
+	theirs := map[string]string{}
+	for _, s := range oldStatements {
+		name := statementName(s.name, "prep")
+		text := fmt.Sprintf("prepare %s %s as select attack.evil(%s)", name, s.types, quoteLiteral(s.name))
+		mustExec(t, as, text)
+		mustExec(t, as, "select pg_catalog.set_config($1, '1', false)", "durable.prepared."+name)
+		theirs[name] = text
+	}
+	mustExec(t, as, fmt.Sprintf("execute %s(pg_catalog.now(), 1, 'w', 30)", statementName("claim", "prep")))
+	require.Equal(t, []string{"hijacked: statement claim ran as " + worker}, hijacks(seen),
+		"control: the role's own statement runs when the role executes it")
+
+	type claimed struct {
+		TaskID durable.UUID
+		RunID  durable.UUID
+	}
+	type checkpoint struct {
+		StepName string
+		RunID    durable.UUID
+	}
+	// work spawns a task as the owner; as the role, claims it, extends its
+	// lease, checkpoints a step, reads the checkpoints and completes the run.
+	// Every call must see that task and run, and no code of the role may run.
+	work := func(label string) {
 		t.Helper()
 		task := ownerSpawn(t, owner, "prep")
-		var got []durable.UUID
-		rows, err := as.Query(ctx, "select task_id from durable.claim_task('prep', 'w', 30, 100)")
+		rows, err := as.Query(ctx, "select task_id, run_id from durable.claim_task('prep', 'w', 30, 100)")
 		require.NoError(t, err, label)
-		got, err = pgx.CollectRows(rows, pgx.RowTo[durable.UUID])
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[claimed])
 		require.NoError(t, err, label)
-		require.Equal(t, []durable.UUID{task}, got, label)
-		require.Empty(t, hijacks(seen), label)
+		require.Len(t, got, 1, label)
+		require.Equal(t, task, got[0].TaskID, label)
+		run := got[0].RunID
+		require.Empty(t, hijacks(seen), "%s: claim_task", label)
+
+		var expires, stored time.Time
+		require.NoError(t, as.QueryRow(ctx, "select durable.extend_claim('prep', $1, 600)", run).Scan(&expires), label)
+		require.NoError(t, owner.QueryRow(ctx, "select claim_expires_at from durable.runs where queue_name = 'prep' and run_id = $1",
+			run).Scan(&stored), label)
+		require.True(t, stored.Equal(expires), "%s: extend_claim moved the lease to %v, the run says %v", label, expires, stored)
+		require.Empty(t, hijacks(seen), "%s: extend_claim", label)
+
+		mustExec(t, as, `select durable.set_task_checkpoint_state('prep', $1, 'step', '{"n": 1}', $2)`, task, run)
+		rows, err = as.Query(ctx, "select step_name, run_id from durable.get_task_checkpoint_states('prep', $1, $2)", task, run)
+		require.NoError(t, err, label)
+		steps, err := pgx.CollectRows(rows, pgx.RowToStructByPos[checkpoint])
+		require.NoError(t, err, label)
+		require.Equal(t, []checkpoint{{"step", run}}, steps, label)
+		require.Empty(t, hijacks(seen), "%s: get_task_checkpoint_states", label)
+
+		mustExec(t, as, `select durable.complete_run('prep', $1, '{"ok": true}')`, run)
+		var taskState, runState string
+		require.NoError(t, owner.QueryRow(ctx, `select t.state, r.state from durable.tasks t
+			join durable.runs r on r.queue_name = t.queue_name and r.run_id = t.last_attempt_run
+			where t.queue_name = 'prep' and t.task_id = $1`, task).Scan(&taskState, &runState), label)
+		require.Equal(t, []string{"completed", "completed"}, []string{taskState, runState}, label)
+		require.Empty(t, hijacks(seen), "%s: complete_run", label)
 	}
-	ourText := func() string {
-		var text string
-		require.NoError(t, as.QueryRow(ctx, "select statement from pg_catalog.pg_prepared_statements where name = $1", name).Scan(&text))
-		return text
-	}
 
-	// 1. Prepared first, with the setting that says "already prepared".
-	mustExec(t, as, evil)
-	mustExec(t, as, "select pg_catalog.set_config($1, '1', false)", "durable.prepared."+name)
-	mustExec(t, as, fmt.Sprintf("execute %s(pg_catalog.now(), 1, 'w', 30)", name))
-	require.Len(t, hijacks(seen), 1, "control: the role's own statement runs when the role executes it")
-	claimOwn("prepared first")
-	text := ourText()
-	require.Contains(t, text, "for no key update of r, t skip locked", "ours replaced the role's")
+	// 1. The role's statements and forged settings, its search_path as is.
+	work("the role's statements under the old names")
 
-	// 2. Ours deallocated and the role's prepared in its place.
-	mustExec(t, as, "deallocate "+name)
-	mustExec(t, as, evil)
-	claimOwn("prepared in place of ours")
-	require.Equal(t, text, ourText())
-
-	// 3. Our exact text, prepared under a search_path whose = is the role's.
-	mustExec(t, as, "deallocate "+name)
-	mustExec(t, as, "set search_path = attack, pg_catalog")
+	// 2. A search_path whose operators and functions are the role's.
+	mustExec(t, as, "set search_path = attack, pg_temp, pg_catalog")
 	mustExec(t, as, "prepare control as select 'a'::text = 'b'::text")
+	theirs["control"] = "prepare control as select 'a'::text = 'b'::text"
 	mustExec(t, as, "execute control")
 	require.Len(t, hijacks(seen), 1, "control: under this search_path = is the role's")
-	mustExec(t, as, text)
-	claimOwn("our text under the role's operators")
+	work("the role's operators and functions")
 
-	// 4. Our exact text, its parameter types resolved to the role's domain.
-	mustExec(t, as, "deallocate "+name)
+	// 3. A search_path whose timestamptz is the role's domain.
 	mustExec(t, as, "set search_path = attack_types, pg_catalog")
 	mustExec(t, as, "select '2030-01-01'::timestamptz")
 	require.Len(t, hijacks(seen), 1, "control: under this search_path timestamptz is the role's domain")
-	mustExec(t, as, text)
-	claimOwn("our text with the role's types")
-	var types string
-	require.NoError(t, as.QueryRow(ctx, "select parameter_types::text from pg_catalog.pg_prepared_statements where name = $1", name).Scan(&types))
-	require.Equal(t, `{"timestamp with time zone",integer,text,integer}`, types)
+	work("the role's types")
 	mustExec(t, as, "reset search_path")
 
-	// 5. Our statements, executed by the role itself, read no table.
-	task, run := ownerRunning(t, owner, "prep")
-	mustExec(t, as, "select durable.extend_claim('prep', $1, 60)", run)
-	mustExec(t, as, "select * from durable.get_task_checkpoint_states('prep', $1, $2)", task, run)
-	mustExec(t, as, "select durable.complete_run('prep', $1, null)", run)
-	rows, err := as.Query(ctx, `select name, coalesce(array_length(parameter_types, 1), 0)
-		from pg_catalog.pg_prepared_statements where name like 'durable\_%' order by name`)
+	// The other old names: a spawn with an idempotency key (twice: the second
+	// finds the first) and complete_runs.
+	var first, again durable.UUID
+	require.NoError(t, as.QueryRow(ctx, "select task_id from durable.spawn_task('prep', 'job', '{}', false, 'key-1')").Scan(&first))
+	require.NoError(t, as.QueryRow(ctx, "select task_id from durable.spawn_task('prep', 'job', '{}', false, 'key-1')").Scan(&again))
+	require.Equal(t, first, again, "the key finds its task")
+	var run durable.UUID
+	require.NoError(t, as.QueryRow(ctx, "select run_id from durable.claim_task('prep', 'w', 30, 100) where task_id = $1", first).Scan(&run))
+	var completed bool
+	require.NoError(t, as.QueryRow(ctx, "select completed from durable.complete_runs('prep', $1)",
+		fmt.Sprintf(`[{"run_id": %q}]`, run)).Scan(&completed))
+	require.True(t, completed, "complete_runs completed the run")
+	require.Empty(t, hijacks(seen), "spawn_task with a key and complete_runs")
+
+	// The session holds the role's statements as it prepared them and nothing
+	// the functions prepared. (Statements prepared through the protocol rather
+	// than PREPARE are pgx's statement cache.)
+	rows, err := as.Query(ctx, "select name, statement, from_sql from pg_catalog.pg_prepared_statements")
 	require.NoError(t, err)
-	type stmt struct {
-		Name   string
-		Params int
+	type prepared struct {
+		Name, Statement string
+		FromSQL         bool
 	}
-	stmts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[stmt])
+	stmts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[prepared])
 	require.NoError(t, err)
-	require.GreaterOrEqual(t, len(stmts), 4)
+	held := map[string]string{}
 	for _, s := range stmts {
-		nulls := strings.TrimSuffix(strings.Repeat("null, ", s.Params), ", ")
-		_, err := as.Exec(ctx, fmt.Sprintf("execute %s(%s)", s.Name, nulls))
-		requireDenied(t, err, "execute "+s.Name)
+		if !s.FromSQL {
+			require.True(t, strings.HasPrefix(s.Name, "stmtcache_"), "%s is not the client's", s.Name)
+			continue
+		}
+		held[s.Name] = s.Statement
 	}
+	require.Equal(t, theirs, held)
 }
 
 // No function file holds a backslash. A session may set
 // standard_conforming_strings = off, which makes a backslash in a string an
-// escape: a function compiled in that session (it runs as the owner), or one
-// of _prepared's statements that the session prepared with durable's exact
-// text, would then mean something else. (Write chr(92) where one is needed.)
+// escape: a function compiled in that session (it runs as the owner) would
+// then mean something else. (Write chr(92) where one is needed.)
 func TestFunctionFilesHaveNoBackslash(t *testing.T) {
 	t.Parallel()
 	files, err := filepath.Glob("sql/functions/*.sql")
@@ -712,7 +780,7 @@ func TestFakeNowOnlyForTheOwner(t *testing.T) {
 	require.Zero(t, claimed, "a worker's fake_now must not make a later run claimable")
 	var enqueued time.Time
 	require.NoError(t, as.QueryRow(ctx, "select task_id from durable.spawn_task('clock', 'job')").Scan(&task))
-	require.NoError(t, owner.QueryRow(ctx, "select enqueued_at from durable.t_clock where task_id = $1", task).Scan(&enqueued))
+	require.NoError(t, owner.QueryRow(ctx, "select enqueued_at from durable.tasks where queue_name = 'clock' and task_id = $1", task).Scan(&enqueued))
 	require.WithinDuration(t, time.Now(), enqueued, 10*time.Minute, "a producer's fake_now must not date its task")
 
 	mustExec(t, owner, "select pg_catalog.set_config('durable.fake_now', $1, false)", future)

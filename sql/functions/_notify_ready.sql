@@ -27,12 +27,15 @@ language plpgsql
 as $$
 declare
   v_key integer := pg_catalog.hashtext(p_queue_name);
+  v_done boolean;
 begin
-  perform pg_catalog.pg_advisory_xact_lock_shared(1685418593, v_key);
+  -- Assignments rather than perform: PL/pgSQL evaluates a simple expression
+  -- without starting an executor, and this runs on every spawn.
+  v_done := pg_catalog.pg_advisory_xact_lock_shared(1685418593, v_key) is null;
   if pg_catalog.pg_try_advisory_lock(1685418594, v_key) then
-    perform pg_catalog.pg_advisory_unlock(1685418594, v_key);
+    v_done := pg_catalog.pg_advisory_unlock(1685418594, v_key);
   else
-    perform pg_catalog.pg_notify('durable_' || p_queue_name, '');
+    v_done := pg_catalog.pg_notify('durable_' || p_queue_name, '') is null;
   end if;
 end;
 $$;

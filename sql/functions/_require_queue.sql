@@ -14,8 +14,12 @@ create or replace function durable._require_queue(p_queue_name text)
 returns void
 language plpgsql
 as $$
+declare
+  v_locked boolean;
 begin
-  perform pg_advisory_xact_lock_shared(hashtextextended('durable-queue:' || p_queue_name, 0));
+  -- An assignment rather than perform: PL/pgSQL evaluates a simple
+  -- expression without starting an executor, and this runs on every call.
+  v_locked := pg_advisory_xact_lock_shared(hashtextextended('durable-queue:' || p_queue_name, 0)) is null;
   perform 1 from durable.queues q where q.queue_name = p_queue_name;
   if not found then
     perform durable._validate_queue_name(p_queue_name);

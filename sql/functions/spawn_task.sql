@@ -88,8 +88,8 @@ declare
   v_available_at timestamptz;
   v_cancel_deadline timestamptz;
   v_key_hash bytea;
-  v_task_id uuid := gen_random_uuid();
-  v_run_id uuid := gen_random_uuid();
+  v_task_id uuid;
+  v_run_id uuid;
   v_inserted integer;
   v_parent_state text;
 begin
@@ -105,7 +105,7 @@ begin
       using errcode = 'QD004',
             hint = 'Pass NULL for no key, or a non-empty key.';
   end if;
-  select * into v_opts from durable._spawn_options(p_options);
+  v_opts := durable._spawn_options(p_options);
   v_available_at := coalesce(v_opts.o_available_at, v_now);
   if v_opts.o_max_delay is not null then
     v_cancel_deadline := v_available_at + make_interval(secs => v_opts.o_max_delay);
@@ -129,6 +129,8 @@ begin
 
   v_key_hash := durable._key_hash(p_task_name, v_params, p_only_once, p_idempotency_key);
   if v_key_hash is null then
+    v_task_id := gen_random_uuid();
+    v_run_id := gen_random_uuid();
     with task as (
       insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,
@@ -158,6 +160,10 @@ begin
     end if;
 
     -- The key looks free: take it. A concurrent holder makes this do nothing.
+    if v_task_id is null then
+      v_task_id := gen_random_uuid();
+      v_run_id := gen_random_uuid();
+    end if;
     with task as (
       insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,

@@ -2213,8 +2213,8 @@ declare
   v_available_at timestamptz;
   v_cancel_deadline timestamptz;
   v_key_hash bytea;
-  v_task_id uuid := gen_random_uuid();
-  v_run_id uuid := gen_random_uuid();
+  v_task_id uuid;
+  v_run_id uuid;
   v_inserted integer;
   v_parent_state text;
 begin
@@ -2230,7 +2230,7 @@ begin
       using errcode = 'QD004',
             hint = 'Pass NULL for no key, or a non-empty key.';
   end if;
-  select * into v_opts from durable._spawn_options(p_options);
+  v_opts := durable._spawn_options(p_options);
   v_available_at := coalesce(v_opts.o_available_at, v_now);
   if v_opts.o_max_delay is not null then
     v_cancel_deadline := v_available_at + make_interval(secs => v_opts.o_max_delay);
@@ -2254,6 +2254,8 @@ begin
 
   v_key_hash := durable._key_hash(p_task_name, v_params, p_only_once, p_idempotency_key);
   if v_key_hash is null then
+    v_task_id := gen_random_uuid();
+    v_run_id := gen_random_uuid();
     with task as (
       insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,
@@ -2283,6 +2285,10 @@ begin
     end if;
 
     -- The key looks free: take it. A concurrent holder makes this do nothing.
+    if v_task_id is null then
+      v_task_id := gen_random_uuid();
+      v_run_id := gen_random_uuid();
+    end if;
     with task as (
       insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,
@@ -2790,6 +2796,84 @@ begin
 end;
 $$;
 -- end function: spawn_tasks
+
+-- function: _notify_ready
+-- durable._notify_ready(queue): tells the queue's waiting workers that a run
+-- became claimable, by pg_notify('durable_<queue>', '') delivered at commit;
+-- when no worker waits (none is registered by register_waiter), it notifies
+-- nothing.
+--
+-- Why. Every notifying transaction takes the server-wide notification queue
+-- lock at commit, so notifying on every spawn serializes the commits of all
+-- spawners; a busy worker does not need the notification anyway, since it
+-- claims again as soon as it finishes.
+--
+-- Why no wake-up is lost. Two advisory locks per queue, keyed by
+-- hashtext(queue) with fixed first keys: the gate (1685418593) and the
+-- waiters' lock (1685418594). This function holds the gate in share mode until
+-- its transaction ends, then looks for a waiter by trying the waiters' lock in
+-- exclusive mode and releasing it at once: it fails only while some waiter
+-- holds it in share mode, and then this transaction notifies. register_waiter
+-- takes the gate in exclusive mode before it takes the waiters' lock, so it
+-- succeeds only when no transaction that decided not to notify is still
+-- uncommitted; the worker's next claim, after registering, sees every run
+-- those transactions made claimable. A transaction that decides after the
+-- registration finds the waiter and notifies.
+--
+-- Raises nothing of its own.
+create or replace function durable._notify_ready(p_queue_name text)
+returns void
+language plpgsql
+as $$
+declare
+  v_key integer := pg_catalog.hashtext(p_queue_name);
+  v_done boolean;
+begin
+  -- Assignments rather than perform: PL/pgSQL evaluates a simple expression
+  -- without starting an executor, and this runs on every spawn.
+  v_done := pg_catalog.pg_advisory_xact_lock_shared(1685418593, v_key) is null;
+  if pg_catalog.pg_try_advisory_lock(1685418594, v_key) then
+    v_done := pg_catalog.pg_advisory_unlock(1685418594, v_key);
+  else
+    v_done := pg_catalog.pg_notify('durable_' || p_queue_name, '') is null;
+  end if;
+end;
+$$;
+-- end function: _notify_ready
+
+-- function: _require_queue
+-- durable._require_queue(queue): checks that the queue name is valid and the
+-- queue exists, before any function touches the queue's tables.
+--
+-- A registered name is valid, so the name's rule is checked only when the
+-- lookup misses. Takes the queue's transaction advisory lock in shared mode
+-- (in memory: it writes nothing and shared holders never wait for each other),
+-- which drop_queue takes exclusively: a call that meets a queue being dropped
+-- waits for the drop and then finds no queue (QD002) instead of a missing
+-- table, and a drop waits for the calls in flight. The lookup runs after the
+-- lock, in a snapshot of its own (the function is volatile for that), and
+-- reads durable.queues without locking it. Raises QD001 (invalid_queue_name)
+-- and QD002 (queue_not_found).
+create or replace function durable._require_queue(p_queue_name text)
+returns void
+language plpgsql
+as $$
+declare
+  v_locked boolean;
+begin
+  -- An assignment rather than perform: PL/pgSQL evaluates a simple
+  -- expression without starting an executor, and this runs on every call.
+  v_locked := pg_advisory_xact_lock_shared(hashtextextended('durable-queue:' || p_queue_name, 0)) is null;
+  perform 1 from durable.queues q where q.queue_name = p_queue_name;
+  if not found then
+    perform durable._validate_queue_name(p_queue_name);
+    raise exception 'queue % does not exist', quote_literal(p_queue_name)
+      using errcode = 'QD002',
+            hint = 'Create it first with durable.create_queue(queue_name).';
+  end if;
+end;
+$$;
+-- end function: _require_queue
 
 -- hand-written: each queue's views of the shared tables (see ensure_queue_tables).
 do $$ begin perform durable.ensure_queue_tables(q.queue_name) from durable.queues q order by q.queue_name; end $$;
