@@ -504,8 +504,11 @@ $$;
 -- failed or were cancelled their unfinished children (in the same queue, as
 -- every child is) are cancelled, with a reason naming the parent
 -- (recursively, through _cancel_task). One call for a batch (complete_runs)
--- costs one statement per step, as for one task. The caller has locked and
--- updated the tasks. Raises nothing of its own.
+-- costs one statement per step, as for one task. Most tasks have no waiter
+-- and no wait of their own: one probe of the waits table finds that out, and
+-- then nothing else runs (the wake-up and the delete would read the same rows
+-- in the same way). The caller has locked and updated the tasks. Raises
+-- nothing of its own.
 create or replace function durable._task_finished(
   p_queue_name text,
   p_task_ids uuid[],
@@ -517,11 +520,16 @@ as $$
 declare
   v_child uuid;
   v_parent uuid;
+  v_names text[] := array(select '$task:' || t.id::text from unnest(p_task_ids) t(id));
 begin
-  perform durable._wake_waiters(p_queue_name,
-    array(select '$task:' || t.id::text from unnest(p_task_ids) t(id)), p_now);
-  delete from durable.waits w
-   where w.queue_name = p_queue_name and w.task_id = any (p_task_ids);
+  if exists (select from durable.waits w
+              where w.queue_name = p_queue_name and w.event_name = any (v_names))
+     or exists (select from durable.waits w where w.task_id = any (p_task_ids)) then
+    perform durable._wake_waiters(p_queue_name, v_names, p_now);
+    -- The tasks are the queue's (task ids are unique across queues): no
+    -- queue_name test, so that no plan reads waits_event for it.
+    delete from durable.waits w where w.task_id = any (p_task_ids);
+  end if;
   if p_state in ('failed', 'cancelled') then
     for v_child, v_parent in
       select t.task_id, t.parent_task_id
@@ -680,7 +688,9 @@ $$;
 -- deadline with its max_duration one. Every step reads a partial index, so
 -- its cost does not grow with finished history.
 --
--- The three statements are static, so PL/pgSQL plans them once per session,
+-- Before the two sweeps, one statement looks for anything to sweep, since
+-- most claims find nothing (a probe costs less than the sweeps' statements).
+-- The statements are static, so PL/pgSQL plans them once per session,
 -- with generic plans; their updates find rows by primary key (= any
 -- (array(...))), a shape whose generic plan cannot turn into a scan of the
 -- table. Bitmap scans are off while the plans are made: a generic plan made
@@ -735,45 +745,52 @@ begin
       using errcode = 'QD006';
   end if;
 
-  -- Cancel tasks past their deadline.
-  for v_expired_task, v_started in
-    select t.task_id, t.first_started_at
-      from durable.tasks t
-     where t.queue_name = p_queue_name and t.cancel_deadline <= v_now
-     order by t.cancel_deadline
-     limit 100
-  loop
-    perform durable._cancel_task(p_queue_name, v_expired_task,
-      case when v_started is null
-        then jsonb_build_object('name', 'max_delay', 'message', 'not started before its max_delay passed')
-        else jsonb_build_object('name', 'max_duration', 'message', 'not finished before its max_duration passed')
-      end,
-      v_now, true);
-  end loop;
-
-  -- Recover runs whose lease expired.
-  for v_expired_task, v_expired_reason in
-    with expired as (
-      select r.run_id
-        from durable.runs r
-       where r.queue_name = p_queue_name and r.state = 'running' and r.claim_expires_at <= v_now
-       order by r.claim_expires_at
+  -- Most claims find no deadline passed and no lease expired: one statement
+  -- looks for either, through the indexes the sweeps read, before them.
+  if exists (select from durable.tasks t
+              where t.queue_name = p_queue_name and t.cancel_deadline <= v_now)
+     or exists (select from durable.runs r
+                 where r.queue_name = p_queue_name and r.state = 'running' and r.claim_expires_at <= v_now) then
+    -- Cancel tasks past their deadline.
+    for v_expired_task, v_started in
+      select t.task_id, t.first_started_at
+        from durable.tasks t
+       where t.queue_name = p_queue_name and t.cancel_deadline <= v_now
+       order by t.cancel_deadline
        limit 100
-         for no key update skip locked
-    )
-    update durable.runs r
-       set state = 'failed',
-           finished_at = v_now,
-           failure_reason = jsonb_build_object(
-             'name', 'claim_timeout',
-             'message', format('lease of worker %s expired at %s', r.claimed_by, r.claim_expires_at),
-             'worker_id', r.claimed_by,
-             'claim_expires_at', r.claim_expires_at)
-     where r.run_id = any (array(select e.run_id from expired e))
-    returning r.task_id, r.failure_reason
-  loop
-    perform durable._schedule_retry(p_queue_name, v_expired_task, v_expired_reason, null, v_now);
-  end loop;
+    loop
+      perform durable._cancel_task(p_queue_name, v_expired_task,
+        case when v_started is null
+          then jsonb_build_object('name', 'max_delay', 'message', 'not started before its max_delay passed')
+          else jsonb_build_object('name', 'max_duration', 'message', 'not finished before its max_duration passed')
+        end,
+        v_now, true);
+    end loop;
+
+    -- Recover runs whose lease expired.
+    for v_expired_task, v_expired_reason in
+      with expired as (
+        select r.run_id
+          from durable.runs r
+         where r.queue_name = p_queue_name and r.state = 'running' and r.claim_expires_at <= v_now
+         order by r.claim_expires_at
+         limit 100
+           for no key update skip locked
+      )
+      update durable.runs r
+         set state = 'failed',
+             finished_at = v_now,
+             failure_reason = jsonb_build_object(
+               'name', 'claim_timeout',
+               'message', format('lease of worker %s expired at %s', r.claimed_by, r.claim_expires_at),
+               'worker_id', r.claimed_by,
+               'claim_expires_at', r.claim_expires_at)
+       where r.run_id = any (array(select e.run_id from expired e))
+      returning r.task_id, r.failure_reason
+    loop
+      perform durable._schedule_retry(p_queue_name, v_expired_task, v_expired_reason, null, v_now);
+    end loop;
+  end if;
 
   return query
     with picked as (
