@@ -6,9 +6,14 @@
 -- runs static SQL whose plan PL/pgSQL keeps for the session, instead of
 -- dynamic SQL planned on each call. The names durable.t_<queue>, r_<queue>,
 -- c_<queue>, e_<queue> and w_<queue> stay, as views of the queue's rows
--- (ensure_queue_tables makes them, at the end of this migration).
+-- (ensure_queue_tables makes them, at the end of this migration). queue_name
+-- compares bytewise (collate "C"): queue names are ASCII, and every index a
+-- function reads leads with it, so its comparisons should not call the
+-- locale's collation.
+alter table durable.queues alter column queue_name type text collate "C";
+
 create table durable.tasks (
-  queue_name       text not null,
+  queue_name       text collate "C" not null,
   task_id          uuid primary key,
   task_name        text not null,
   params           jsonb not null,
@@ -42,7 +47,7 @@ create index tasks_key_expiry on durable.tasks (queue_name, key_expires_at) wher
 create statistics tasks_queue_state (mcv) on queue_name, state from durable.tasks;
 
 create table durable.runs (
-  queue_name       text not null,
+  queue_name       text collate "C" not null,
   run_id           uuid primary key,
   task_id          uuid not null,
   attempt          integer not null,
@@ -63,7 +68,7 @@ create index runs_lease on durable.runs (queue_name, claim_expires_at) where sta
 create index runs_task on durable.runs (task_id);
 
 create table durable.checkpoints (
-  queue_name text not null,
+  queue_name text collate "C" not null,
   task_id    uuid not null,
   step_name  text not null,
   state      jsonb not null,
@@ -74,7 +79,7 @@ create table durable.checkpoints (
 );
 
 create table durable.events (
-  queue_name text not null,
+  queue_name text collate "C" not null,
   event_name text not null,
   payload    jsonb not null,
   emitted_at timestamptz not null,
@@ -83,7 +88,7 @@ create table durable.events (
 create index events_emitted on durable.events (queue_name, emitted_at);
 
 create table durable.waits (
-  queue_name text not null,
+  queue_name text collate "C" not null,
   task_id    uuid not null,
   step_name  text not null,
   run_id     uuid not null,
