@@ -33,13 +33,14 @@ reset_queue() {
   sql -c "select durable.drop_queue(q) from durable.list_queues() q where q = 'bench'" \
       -c "select durable.create_queue('bench')" >/dev/null
 }
-# prefill N STATE: N tasks with their run, in STATE (pending = ready now).
+# prefill N STATE: N tasks with their run, in STATE (pending = ready now),
+# with ids made as spawn_task makes them (durable._uuid7).
 prefill() {
   sql -c "
     with t as (
       insert into durable.tasks (queue_name, task_id, task_name, params, retry_strategy, max_attempts, state,
                                  attempts, last_attempt_run, enqueued_at, finished_at)
-      select 'bench', gen_random_uuid(), 'noop', '{}', '{\"kind\": \"none\"}', 5, '$2', 1, gen_random_uuid(),
+      select 'bench', durable._uuid7(), 'noop', '{}', '{\"kind\": \"none\"}', 5, '$2', 1, durable._uuid7(),
              now() - interval '1 hour', case when '$2' = 'completed' then now() end
         from generate_series(1, $1)
       returning task_id, last_attempt_run, state, enqueued_at)
@@ -48,7 +49,9 @@ prefill() {
            case when state = 'completed' then now() end
       from t" >/dev/null
 }
-settle() { sql -c "vacuum analyze durable.tasks, durable.runs" >/dev/null; }
+# settle: fresh statistics, and the prefill's dirty pages written out before a
+# timed run, so that no run pays for the bulk load before it.
+settle() { sql -c "vacuum analyze durable.tasks, durable.runs" -c "checkpoint" >/dev/null; }
 # tps SCRIPT CLIENTS ARGS...: pgbench's rate, without connection time, times
 # $per (default 1: transactions per second; the rows of a batch per
 # transaction give rows per second).

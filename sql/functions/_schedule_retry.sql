@@ -25,7 +25,7 @@ declare
   v_attempts integer;
   v_at timestamptz;
   v_state text;
-  v_run_id uuid := gen_random_uuid();
+  v_run_id uuid := durable._uuid7();
 begin
   select t.max_attempts, t.retry_strategy, t.attempts
     into v_max_attempts, v_strategy, v_attempts

@@ -63,7 +63,7 @@ declare
   v_spawn_new boolean := false;
   v_max_attempts integer;
   v_holder uuid;
-  v_run_id uuid := gen_random_uuid();
+  v_run_id uuid := durable._uuid7();
 begin
   perform durable._require_queue(p_queue_name);
   if p_options is not null and jsonb_typeof(p_options) <> 'object' then

@@ -129,8 +129,8 @@ begin
 
   v_key_hash := durable._key_hash(p_task_name, v_params, p_only_once, p_idempotency_key);
   if v_key_hash is null then
-    v_task_id := gen_random_uuid();
-    v_run_id := gen_random_uuid();
+    v_task_id := durable._uuid7();
+    v_run_id := durable._uuid7();
     with task as (
       insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,
                                  max_attempts, state, attempts, last_attempt_run, enqueued_at,
@@ -161,8 +161,8 @@ begin
 
     -- The key looks free: take it. A concurrent holder makes this do nothing.
     if v_task_id is null then
-      v_task_id := gen_random_uuid();
-      v_run_id := gen_random_uuid();
+      v_task_id := durable._uuid7();
+      v_run_id := durable._uuid7();
     end if;
     with task as (
       insert into durable.tasks (queue_name, task_id, task_name, params, headers, retry_strategy,

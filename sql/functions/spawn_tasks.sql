@@ -275,8 +275,8 @@ begin
                o.parent_task_id,
                o.max_duration,
                coalesce(o.available_at, $4) + make_interval(secs => o.max_delay) as cancel_deadline,
-               gen_random_uuid() as task_id,
-               gen_random_uuid() as run_id
+               durable._uuid7() as task_id,
+               durable._uuid7() as run_id
           from jsonb_array_elements($1) with ordinality x(elem, ord)
           left join unnest($5::integer[], $6::integer[], $7::jsonb[], $8::jsonb[], $9::timestamptz[],
                            $10::uuid[], $11::integer[], $12::integer[])
@@ -358,8 +358,8 @@ begin
                  o.max_duration,
                  coalesce(o.available_at, $9) + make_interval(secs => o.max_delay) as cancel_deadline,
                  o.key_retention,
-                 gen_random_uuid() as task_id,
-                 gen_random_uuid() as run_id
+                 durable._uuid7() as task_id,
+                 durable._uuid7() as run_id
             from k
             join jsonb_array_elements($6) with ordinality x(elem, ord) on x.ord = k.ord
             left join unnest($10::integer[], $11::integer[], $12::jsonb[], $13::jsonb[], $14::timestamptz[],
