@@ -64,6 +64,8 @@ begin
       using errcode = 'QD006';
   end if;
 
+  -- One statement per live state, each reading its own partial index in
+  -- order (runs_ready, runs_lease): one statement for both could use neither.
   if p_state in ('pending', 'sleeping') then
     return query
       select t.task_id, t.task_name, t.state, t.attempts, t.max_attempts, t.idempotency_key,
