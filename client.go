@@ -877,8 +877,10 @@ type QueueStats struct {
 	Running  int64 `json:"running"`
 	Sleeping int64 `json:"sleeping"`
 	// Completed, Failed and Cancelled count the finished tasks in each final
-	// state: exactly when TerminalCounts is "exact", else estimated from the
-	// database's statistics, and nil when those cannot split Finished yet.
+	// state: exactly when TerminalCounts is "exact", else the planner's
+	// estimates from the database's statistics. The schema no longer returns
+	// NULL for them (since migration 010); they stay pointers so that callers
+	// written for older schemas keep compiling.
 	Completed *int64 `json:"completed"`
 	Failed    *int64 `json:"failed"`
 	Cancelled *int64 `json:"cancelled"`

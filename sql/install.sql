@@ -12838,7 +12838,8 @@ $$;
 -- wins again). An event that a wait row still names (a task woken by it that
 -- has not read it yet) is kept.
 --
--- Index-driven: events_emitted, oldest first, and waits_event for the waits. Locks the events it deletes with skip locked, so concurrent cleanups
+-- Index-driven: events_emitted, oldest first, and waits_event for the
+-- waits. Locks the events it deletes with skip locked, so concurrent cleanups
 -- never wait for each other. Raises QD001, QD002 (the queue) and QD006
 -- (invalid_argument: ttl_seconds NULL or negative, limit outside 1 to 10000).
 create or replace function durable.cleanup_events(
@@ -12975,7 +12976,9 @@ begin
     return 0;
   end if;
 
-  delete from durable.waits w where w.queue_name = p_queue_name and w.task_id = any (v_ids);
+  -- Task ids are unique across queues, and these are the queue's: no
+  -- queue_name test on waits, so that no plan reads waits_event for it.
+  delete from durable.waits w where w.task_id = any (v_ids);
   delete from durable.checkpoints c where c.queue_name = p_queue_name and c.task_id = any (v_ids);
   delete from durable.runs r where r.queue_name = p_queue_name and r.task_id = any (v_ids);
   delete from durable.tasks t where t.queue_name = p_queue_name and t.task_id = any (v_ids);
@@ -13735,8 +13738,8 @@ $$;
 -- proportion to the live work, never to the finished tasks. Final states have
 -- no index of their own (one would slow every state change), so the final
 -- counts go by the planner's estimate of the queue's finished tasks holding
--- no key (EXPLAIN of a query on tasks_finished, with the queue name as a
--- literal): at most 20000, they are counted exactly, through tasks_finished
+-- no key (_planned_rows, with the queue name as a literal: a parameter would
+-- give a generic estimate): at most 20000, they are counted exactly, through tasks_finished
 -- plus the finished tasks that still hold their key (tasks_key). Above, each
 -- final state is the planner's estimate of the queue's tasks in that state,
 -- from the statistics object tasks_queue_state (queue_name, state) of the
@@ -13776,11 +13779,7 @@ declare
   v_completed bigint;
   v_failed bigint;
   v_cancelled bigint;
-  v_held_completed bigint;
-  v_held_failed bigint;
-  v_held_cancelled bigint;
   v_exact boolean;
-  v_plan json;
 begin
   perform durable._require_queue(p_queue_name);
 
@@ -13799,43 +13798,29 @@ begin
     from durable.tasks t
    where t.queue_name = p_queue_name and t.key_held;
 
-  -- The planner's estimates need the queue name as a literal (a parameter
-  -- would give a generic estimate): EXPLAIN, formatted with %L.
-  execute format('explain (format json) select 1 from durable.tasks t
-                   where t.queue_name = %L and t.finished_at is not null and not t.key_held',
-                 p_queue_name)
-    into v_plan;
-  v_exact := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision <= 20000;
+  v_exact := durable._planned_rows(format(
+    'select 1 from durable.tasks t where t.queue_name = %L and t.finished_at is not null and not t.key_held',
+    p_queue_name)) <= 20000;
   if v_exact then
-    select count(*) filter (where t.state = 'completed'),
-           count(*) filter (where t.state = 'failed'),
-           count(*) filter (where t.state = 'cancelled')
+    -- The finished tasks are those of tasks_finished and the finished ones
+    -- still holding their key (tasks_key): the two parts do not overlap.
+    select count(*) filter (where x.state = 'completed'),
+           count(*) filter (where x.state = 'failed'),
+           count(*) filter (where x.state = 'cancelled')
       into v_completed, v_failed, v_cancelled
-      from durable.tasks t
-     where t.queue_name = p_queue_name and t.finished_at is not null and not t.key_held;
-    select count(*) filter (where t.state = 'completed'),
-           count(*) filter (where t.state = 'failed'),
-           count(*) filter (where t.state = 'cancelled')
-      into v_held_completed, v_held_failed, v_held_cancelled
-      from durable.tasks t
-     where t.queue_name = p_queue_name and t.key_held
-       and t.state in ('completed', 'failed', 'cancelled');
-    v_completed := v_completed + v_held_completed;
-    v_failed := v_failed + v_held_failed;
-    v_cancelled := v_cancelled + v_held_cancelled;
+      from (select t.state from durable.tasks t
+             where t.queue_name = p_queue_name and t.finished_at is not null and not t.key_held
+            union all
+            select t.state from durable.tasks t
+             where t.queue_name = p_queue_name and t.key_held
+               and t.state in ('completed', 'failed', 'cancelled')) x;
   else
-    execute format('explain (format json) select 1 from durable.tasks t
-                     where t.queue_name = %L and t.state = ''completed''', p_queue_name)
-      into v_plan;
-    v_completed := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
-    execute format('explain (format json) select 1 from durable.tasks t
-                     where t.queue_name = %L and t.state = ''failed''', p_queue_name)
-      into v_plan;
-    v_failed := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
-    execute format('explain (format json) select 1 from durable.tasks t
-                     where t.queue_name = %L and t.state = ''cancelled''', p_queue_name)
-      into v_plan;
-    v_cancelled := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
+    v_completed := round(durable._planned_rows(format(
+      'select 1 from durable.tasks t where t.queue_name = %L and t.state = %L', p_queue_name, 'completed')));
+    v_failed := round(durable._planned_rows(format(
+      'select 1 from durable.tasks t where t.queue_name = %L and t.state = %L', p_queue_name, 'failed')));
+    v_cancelled := round(durable._planned_rows(format(
+      'select 1 from durable.tasks t where t.queue_name = %L and t.state = %L', p_queue_name, 'cancelled')));
   end if;
 
   return query select p_queue_name, v_pending, v_running, v_sleeping,
@@ -14927,6 +14912,28 @@ as $$
            'hex')::uuid
 $$;
 -- end function: _uuid7
+
+-- function: _planned_rows
+-- durable._planned_rows(query): the number of rows the planner expects the
+-- query to return (EXPLAIN's top "Plan Rows"), without running it.
+--
+-- queue_stats estimates a large queue's finished tasks with it. The caller
+-- builds the query with format() and %L for every value, so that the planner
+-- sees literals and uses its statistics for them. Volatile: PostgreSQL allows
+-- EXPLAIN only in volatile functions. Locks nothing beyond planning; raises
+-- what EXPLAIN raises.
+create or replace function durable._planned_rows(p_query text)
+returns double precision
+language plpgsql
+as $$
+declare
+  v_plan json;
+begin
+  execute 'explain (format json) ' || p_query into v_plan;
+  return (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision;
+end;
+$$;
+-- end function: _planned_rows
 
 -- hand-written: each queue's views of the shared tables (see ensure_queue_tables).
 do $$ begin perform durable.ensure_queue_tables(q.queue_name) from durable.queues q order by q.queue_name; end $$;

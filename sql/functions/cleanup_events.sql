@@ -8,7 +8,8 @@
 -- wins again). An event that a wait row still names (a task woken by it that
 -- has not read it yet) is kept.
 --
--- Index-driven: events_emitted, oldest first, and waits_event for the waits. Locks the events it deletes with skip locked, so concurrent cleanups
+-- Index-driven: events_emitted, oldest first, and waits_event for the
+-- waits. Locks the events it deletes with skip locked, so concurrent cleanups
 -- never wait for each other. Raises QD001, QD002 (the queue) and QD006
 -- (invalid_argument: ttl_seconds NULL or negative, limit outside 1 to 10000).
 create or replace function durable.cleanup_events(

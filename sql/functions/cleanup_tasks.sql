@@ -84,7 +84,9 @@ begin
     return 0;
   end if;
 
-  delete from durable.waits w where w.queue_name = p_queue_name and w.task_id = any (v_ids);
+  -- Task ids are unique across queues, and these are the queue's: no
+  -- queue_name test on waits, so that no plan reads waits_event for it.
+  delete from durable.waits w where w.task_id = any (v_ids);
   delete from durable.checkpoints c where c.queue_name = p_queue_name and c.task_id = any (v_ids);
   delete from durable.runs r where r.queue_name = p_queue_name and r.task_id = any (v_ids);
   delete from durable.tasks t where t.queue_name = p_queue_name and t.task_id = any (v_ids);

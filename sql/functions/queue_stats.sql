@@ -21,8 +21,8 @@
 -- proportion to the live work, never to the finished tasks. Final states have
 -- no index of their own (one would slow every state change), so the final
 -- counts go by the planner's estimate of the queue's finished tasks holding
--- no key (EXPLAIN of a query on tasks_finished, with the queue name as a
--- literal): at most 20000, they are counted exactly, through tasks_finished
+-- no key (_planned_rows, with the queue name as a literal: a parameter would
+-- give a generic estimate): at most 20000, they are counted exactly, through tasks_finished
 -- plus the finished tasks that still hold their key (tasks_key). Above, each
 -- final state is the planner's estimate of the queue's tasks in that state,
 -- from the statistics object tasks_queue_state (queue_name, state) of the
@@ -62,11 +62,7 @@ declare
   v_completed bigint;
   v_failed bigint;
   v_cancelled bigint;
-  v_held_completed bigint;
-  v_held_failed bigint;
-  v_held_cancelled bigint;
   v_exact boolean;
-  v_plan json;
 begin
   perform durable._require_queue(p_queue_name);
 
@@ -85,43 +81,29 @@ begin
     from durable.tasks t
    where t.queue_name = p_queue_name and t.key_held;
 
-  -- The planner's estimates need the queue name as a literal (a parameter
-  -- would give a generic estimate): EXPLAIN, formatted with %L.
-  execute format('explain (format json) select 1 from durable.tasks t
-                   where t.queue_name = %L and t.finished_at is not null and not t.key_held',
-                 p_queue_name)
-    into v_plan;
-  v_exact := (v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::double precision <= 20000;
+  v_exact := durable._planned_rows(format(
+    'select 1 from durable.tasks t where t.queue_name = %L and t.finished_at is not null and not t.key_held',
+    p_queue_name)) <= 20000;
   if v_exact then
-    select count(*) filter (where t.state = 'completed'),
-           count(*) filter (where t.state = 'failed'),
-           count(*) filter (where t.state = 'cancelled')
+    -- The finished tasks are those of tasks_finished and the finished ones
+    -- still holding their key (tasks_key): the two parts do not overlap.
+    select count(*) filter (where x.state = 'completed'),
+           count(*) filter (where x.state = 'failed'),
+           count(*) filter (where x.state = 'cancelled')
       into v_completed, v_failed, v_cancelled
-      from durable.tasks t
-     where t.queue_name = p_queue_name and t.finished_at is not null and not t.key_held;
-    select count(*) filter (where t.state = 'completed'),
-           count(*) filter (where t.state = 'failed'),
-           count(*) filter (where t.state = 'cancelled')
-      into v_held_completed, v_held_failed, v_held_cancelled
-      from durable.tasks t
-     where t.queue_name = p_queue_name and t.key_held
-       and t.state in ('completed', 'failed', 'cancelled');
-    v_completed := v_completed + v_held_completed;
-    v_failed := v_failed + v_held_failed;
-    v_cancelled := v_cancelled + v_held_cancelled;
+      from (select t.state from durable.tasks t
+             where t.queue_name = p_queue_name and t.finished_at is not null and not t.key_held
+            union all
+            select t.state from durable.tasks t
+             where t.queue_name = p_queue_name and t.key_held
+               and t.state in ('completed', 'failed', 'cancelled')) x;
   else
-    execute format('explain (format json) select 1 from durable.tasks t
-                     where t.queue_name = %L and t.state = ''completed''', p_queue_name)
-      into v_plan;
-    v_completed := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
-    execute format('explain (format json) select 1 from durable.tasks t
-                     where t.queue_name = %L and t.state = ''failed''', p_queue_name)
-      into v_plan;
-    v_failed := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
-    execute format('explain (format json) select 1 from durable.tasks t
-                     where t.queue_name = %L and t.state = ''cancelled''', p_queue_name)
-      into v_plan;
-    v_cancelled := round((v_plan -> 0 -> 'Plan' ->> 'Plan Rows')::numeric)::bigint;
+    v_completed := round(durable._planned_rows(format(
+      'select 1 from durable.tasks t where t.queue_name = %L and t.state = %L', p_queue_name, 'completed')));
+    v_failed := round(durable._planned_rows(format(
+      'select 1 from durable.tasks t where t.queue_name = %L and t.state = %L', p_queue_name, 'failed')));
+    v_cancelled := round(durable._planned_rows(format(
+      'select 1 from durable.tasks t where t.queue_name = %L and t.state = %L', p_queue_name, 'cancelled')));
   end if;
 
   return query select p_queue_name, v_pending, v_running, v_sleeping,
